@@ -1,0 +1,3 @@
+"""polyget: force-only Equivariant Transformer force fields for polymers."""
+
+__version__ = "0.1.0"
