@@ -1,0 +1,83 @@
+// pybind11 module polyget._core: the C++ core (core.h) from Python, on numpy arrays.
+// python/polyget/native.py wraps it (torch tensors in/out, friendly errors).
+#include "core.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <torch/csrc/api/include/torch/version.h>
+
+#include <tuple>
+
+namespace py = pybind11;
+
+namespace {
+
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+py::tuple compute(polyget::Model &model, I64Array species, I64Array edge_index, F64Array edge_vec,
+                  int64_t nlocal, bool want_fij) {
+  if (species.ndim() != 1)
+    throw polyget::ModelError("species must have shape [N], found " +
+                              std::to_string(species.ndim()) + " dimensions");
+  const int64_t natoms = species.shape(0);
+  if (edge_index.ndim() != 2 || edge_index.shape(0) != 2)
+    throw polyget::ModelError("edge_index must have shape [2, E]");
+  const int64_t nedges = edge_index.shape(1);
+  if (edge_vec.ndim() != 2 || edge_vec.shape(0) != nedges || edge_vec.shape(1) != 3)
+    throw polyget::ModelError("edge_vec must have shape [E, 3] = [" + std::to_string(nedges) +
+                              ", 3] to match edge_index");
+  if (nlocal < 0) nlocal = natoms;
+
+  const int64_t *ei = edge_index.data();
+  {
+    py::gil_scoped_release release;
+    model.compute(natoms, species.data(), nedges, ei, ei + nedges, edge_vec.data(), nlocal,
+                  want_fij);
+  }
+  F64Array ae(natoms);
+  std::copy(model.atom_energy(), model.atom_energy() + natoms, ae.mutable_data());
+  F64Array fij({nedges, static_cast<int64_t>(3)});
+  std::copy(model.fij(), model.fij() + 3 * nedges, fij.mutable_data());
+  return py::make_tuple(model.energy(), ae, fij);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "polyget C++ core (libtorch): runs an exported NAME.jit.pt on an edge list";
+  m.attr("FORMAT") = polyget::kTorchScriptFormat;
+  m.attr("FORMAT_VERSION") = polyget::kTorchScriptFormatVersion;
+  m.attr("TORCH_VERSION") = TORCH_VERSION;
+
+  py::register_exception<polyget::ModelError>(m, "ModelError", PyExc_ValueError);
+
+  m.def("cuda_available", []() { return polyget::choose_device("auto").is_cuda(); },
+        "True when this build's libtorch has CUDA and a GPU is visible");
+  m.def("choose_device",
+        [](const std::string &request, int local_rank) {
+          return polyget::choose_device(request, local_rank).str();
+        },
+        py::arg("request") = "auto", py::arg("local_rank") = -1);
+
+  py::class_<polyget::Model>(m, "Model")
+      .def(py::init<const std::string &, const std::string &, int>(), py::arg("path"),
+           py::arg("device") = "auto", py::arg("local_rank") = -1,
+           py::call_guard<py::gil_scoped_release>())
+      .def("compute", &compute, py::arg("species"), py::arg("edge_index"), py::arg("edge_vec"),
+           py::arg("nlocal") = -1, py::arg("want_fij") = true,
+           "compute(species[N] int64, edge_index[2,E] int64, edge_vec[E,3] float64, nlocal=-1 "
+           "(all), want_fij=True) -> (energy, atom_energies[N], fij[E,3])")
+      .def_property_readonly("device", &polyget::Model::device_string)
+      .def_property_readonly("path", &polyget::Model::path)
+      .def_property_readonly("elements", [](const polyget::Model &mdl) { return mdl.metadata().elements; })
+      .def_property_readonly("cutoff", [](const polyget::Model &mdl) { return mdl.metadata().cutoff; })
+      .def_property_readonly("num_layers", [](const polyget::Model &mdl) { return mdl.metadata().num_layers; })
+      .def_property_readonly("dtype", [](const polyget::Model &mdl) { return mdl.metadata().dtype; })
+      .def_property_readonly("metadata_json", [](const polyget::Model &mdl) { return mdl.metadata().json; })
+      .def_property_readonly("num_allocations", &polyget::Model::num_allocations)
+      .def_property_readonly("atom_capacity", &polyget::Model::atom_capacity)
+      .def_property_readonly("edge_capacity", &polyget::Model::edge_capacity);
+}

@@ -1,0 +1,389 @@
+// polyget C++ core: see core.h.
+#include "core.h"
+
+#include "json_min.h"
+
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/cuda.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+namespace polyget {
+
+namespace {
+
+const char *kExportHint = "re-export it with this polyget: python/export.py CKPT -o NAME.pt";
+
+bool file_readable(const std::string &path) {
+  std::ifstream f(path, std::ios::binary);
+  return f.good();
+}
+
+bool ends_with(const std::string &s, const std::string &suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// a NAME.pt next to NAME.jit.pt: suggest the right file
+std::string jit_sibling_hint(const std::string &path) {
+  if (ends_with(path, ".jit.pt") || !ends_with(path, ".pt")) return "";
+  std::string sibling = path.substr(0, path.size() - 3) + ".jit.pt";
+  if (file_readable(sibling)) return " (" + sibling + " exists: use that file)";
+  return "";
+}
+
+std::string first_line(const std::string &s) {
+  auto pos = s.find('\n');
+  return pos == std::string::npos ? s : s.substr(0, pos);
+}
+
+int64_t grow(int64_t need) { return std::max<int64_t>(16, need + need / 4); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// metadata
+// ---------------------------------------------------------------------------------------------
+
+int Metadata::element_index(const std::string &symbol) const {
+  for (size_t k = 0; k < elements.size(); ++k)
+    if (elements[k] == symbol) return static_cast<int>(k);
+  return -1;
+}
+
+std::string Metadata::elements_string() const {
+  std::string out;
+  for (size_t k = 0; k < elements.size(); ++k) out += (k ? " " : "") + elements[k];
+  return out;
+}
+
+Metadata parse_metadata(const std::string &json_text, const std::string &path) {
+  json::Value root;
+  try {
+    root = json::parse(json_text);
+  } catch (const std::exception &e) {
+    throw ModelError(path + ": metadata.json is not valid JSON (" + e.what() + "); " + kExportHint);
+  }
+  if (root.kind != json::Value::Kind::Object)
+    throw ModelError(path + ": metadata.json must hold a JSON object; " + kExportHint);
+
+  auto need = [&](const char *key, json::Value::Kind kind) -> const json::Value & {
+    if (!root.has(key))
+      throw ModelError(path + ": metadata.json has no \"" + key + "\" entry; " + kExportHint);
+    const json::Value &v = root.at(key);
+    if (v.kind != kind)
+      throw ModelError(path + ": metadata.json \"" + key + "\" should be " +
+                       json::Value::kind_name(kind) + ", found " + json::Value::kind_name(v.kind) +
+                       "; " + kExportHint);
+    return v;
+  };
+
+  Metadata m;
+  m.json = json_text;
+  m.format = need("format", json::Value::Kind::String).string;
+  if (m.format != kTorchScriptFormat)
+    throw ModelError(path + ": metadata.json format is \"" + m.format + "\", expected \"" +
+                     kTorchScriptFormat + "\"; pair_style polyget reads the NAME.jit.pt file "
+                     "written by python/export.py");
+
+  const json::Value &ver = need("format_version", json::Value::Kind::Number);
+  if (!ver.is_integer)
+    throw ModelError(path + ": metadata.json format_version must be an integer; " + kExportHint);
+  m.format_version = static_cast<int>(ver.number);
+  if (m.format_version != kTorchScriptFormatVersion) {
+    std::ostringstream msg;
+    msg << path << " was exported with format_version " << m.format_version
+        << "; this polyget reads format_version " << kTorchScriptFormatVersion << ": ";
+    if (m.format_version < kTorchScriptFormatVersion)
+      msg << "re-run python/export.py on the checkpoint with this polyget";
+    else
+      msg << "the file is newer than this build; update polyget (and rebuild the native "
+             "module/plugin with scripts/build_native.sh) or export with the older polyget";
+    throw ModelError(msg.str());
+  }
+
+  const json::Value &els = need("elements", json::Value::Kind::Array);
+  if (els.array.empty())
+    throw ModelError(path + ": metadata.json \"elements\" is empty; " + kExportHint);
+  std::set<std::string> seen;
+  for (const auto &e : els.array) {
+    if (e.kind != json::Value::Kind::String || e.string.empty())
+      throw ModelError(path + ": metadata.json \"elements\" must be a list of element symbols; " +
+                       kExportHint);
+    if (!seen.insert(e.string).second)
+      throw ModelError(path + ": element " + e.string + " appears twice in metadata.json; " +
+                       kExportHint);
+    m.elements.push_back(e.string);
+  }
+
+  m.cutoff = need("cutoff", json::Value::Kind::Number).number;
+  if (!(m.cutoff > 0.0) || !std::isfinite(m.cutoff))
+    throw ModelError(path + ": metadata.json cutoff must be a positive number of Angstrom, found " +
+                     std::to_string(m.cutoff) + "; " + kExportHint);
+
+  const json::Value &nl = need("num_layers", json::Value::Kind::Number);
+  if (!nl.is_integer || nl.number < 1)
+    throw ModelError(path + ": metadata.json num_layers must be an integer >= 1; " + kExportHint);
+  m.num_layers = static_cast<int>(nl.number);
+
+  m.dtype = need("dtype", json::Value::Kind::String).string;
+  if (m.dtype != "float64" && m.dtype != "float32")
+    throw ModelError(path + ": metadata.json dtype is \"" + m.dtype +
+                     "\", expected \"float64\" or \"float32\"; " + kExportHint);
+
+  const json::Value &units = need("units", json::Value::Kind::Object);
+  auto unit = [&](const char *key) {
+    if (!units.has(key) || units.at(key).kind != json::Value::Kind::String)
+      throw ModelError(path + ": metadata.json units has no \"" + key + "\" string; " + kExportHint);
+    return units.at(key).string;
+  };
+  m.energy_unit = unit("energy");
+  m.length_unit = unit("length");
+  if (m.energy_unit != "eV" || m.length_unit != "Angstrom")
+    throw ModelError(path + ": model units are energy=" + m.energy_unit +
+                     ", length=" + m.length_unit +
+                     "; the polyget core works in eV and Angstrom (units metal): re-export the "
+                     "model in eV/Angstrom");
+
+  if (root.has("polyget_version") && root.at("polyget_version").kind == json::Value::Kind::String)
+    m.polyget_version = root.at("polyget_version").string;
+  if (root.has("torch_version") && root.at("torch_version").kind == json::Value::Kind::String)
+    m.torch_version = root.at("torch_version").string;
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// device
+// ---------------------------------------------------------------------------------------------
+
+torch::Device choose_device(const std::string &request, int local_rank) {
+  const bool built_with_cuda = at::globalContext().hasCUDA();
+  const bool cuda_ok = built_with_cuda && torch::cuda::is_available();
+  const int ngpu = cuda_ok ? static_cast<int>(torch::cuda::device_count()) : 0;
+  auto by_rank = [&]() {
+    int idx = local_rank >= 0 ? local_rank % ngpu : 0;
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(idx));
+  };
+
+  if (request == "auto" || request.empty()) return (ngpu > 0) ? by_rank() : torch::Device(torch::kCPU);
+  if (request == "cpu") return torch::Device(torch::kCPU);
+  if (request == "cuda" || request.rfind("cuda:", 0) == 0) {
+    if (!built_with_cuda)
+      throw ModelError("device " + request + " requested, but this polyget was built against a "
+                       "CPU-only libtorch; rebuild scripts/build_native.sh with a CUDA torch, or "
+                       "use device cpu");
+    if (ngpu == 0)
+      throw ModelError("device " + request + " requested, but no CUDA GPU is visible "
+                       "(check CUDA_VISIBLE_DEVICES and the driver), or use device cpu");
+    if (request == "cuda") return by_rank();
+    int idx = -1;
+    try {
+      idx = std::stoi(request.substr(5));
+    } catch (...) {
+    }
+    if (idx < 0 || idx >= ngpu)
+      throw ModelError("device " + request + ": expected cuda:N with 0 <= N < " +
+                       std::to_string(ngpu) + " (GPUs visible)");
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(idx));
+  }
+  throw ModelError("unknown device '" + request + "': expected auto, cpu, cuda or cuda:N");
+}
+
+// ---------------------------------------------------------------------------------------------
+// model
+// ---------------------------------------------------------------------------------------------
+
+Model::Model(const std::string &path, const std::string &device, int local_rank)
+    : path_(path), device_(torch::kCPU), dtype_(torch::kFloat64) {
+  if (!file_readable(path))
+    throw ModelError("cannot open model file '" + path +
+                     "': no such file or not readable (expected NAME.jit.pt written by "
+                     "python/export.py)");
+
+  device_ = choose_device(device, local_rank);
+
+  torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
+  try {
+    module_ = torch::jit::load(path, torch::Device(torch::kCPU), extra);
+  } catch (const std::exception &e) {
+    throw ModelError("'" + path + "' is not a TorchScript file (" + first_line(e.what()) +
+                     "). pair_style polyget / polyget._core need NAME.jit.pt written by "
+                     "python/export.py; the ML-IAP pickle NAME.pt is for pair_style mliap "
+                     "unified" + jit_sibling_hint(path));
+  }
+  if (extra["metadata.json"].empty())
+    throw ModelError("'" + path + "' is a TorchScript file without polyget metadata.json, so it "
+                     "is not a polyget export; write it with python/export.py" +
+                     jit_sibling_hint(path));
+  meta_ = parse_metadata(extra["metadata.json"], path);
+  dtype_ = meta_.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
+
+  // the TorchScript attributes, when present, must agree with the metadata
+  if (module_.hasattr("cutoff")) {
+    auto c = module_.attr("cutoff");
+    if (c.isDouble() && std::abs(c.toDouble() - meta_.cutoff) > 1e-12 * std::max(1.0, meta_.cutoff))
+      throw ModelError(path + ": model.cutoff = " + std::to_string(c.toDouble()) +
+                       " but metadata.json cutoff = " + std::to_string(meta_.cutoff) + "; " +
+                       kExportHint);
+  }
+  if (module_.hasattr("num_layers")) {
+    auto n = module_.attr("num_layers");
+    if (n.isInt() && n.toInt() != meta_.num_layers)
+      throw ModelError(path + ": model.num_layers = " + std::to_string(n.toInt()) +
+                       " but metadata.json num_layers = " + std::to_string(meta_.num_layers) +
+                       "; " + kExportHint);
+  }
+  for (const auto &p : module_.parameters()) {
+    if (p.is_floating_point() && p.scalar_type() != dtype_)
+      throw ModelError(path + ": metadata.json says dtype " + meta_.dtype +
+                       " but the model's parameters are " + std::string(c10::toString(p.scalar_type())) +
+                       "; " + kExportHint);
+  }
+
+  module_.eval();
+  for (auto p : module_.parameters()) p.requires_grad_(false);
+  try {
+    module_.to(device_);
+  } catch (const std::exception &e) {
+    throw ModelError("cannot move model '" + path + "' to " + device_.str() + ": " +
+                     first_line(e.what()));
+  }
+
+  const char *dbg = std::getenv("POLYGET_DEBUG");
+  debug_ = dbg && std::string(dbg) != "0" && std::string(dbg) != "";
+  const char *dump = std::getenv("POLYGET_DEBUG_DUMP");
+  if (dump) dump_prefix_ = dump;
+  // POLYGET_JIT_OPTIMIZE=0 turns off the TorchScript graph optimiser (a debugging aid)
+  const char *opt = std::getenv("POLYGET_JIT_OPTIMIZE");
+  if (opt && std::string(opt) == "0") torch::jit::setGraphExecutorOptimize(false);
+}
+
+void Model::ensure_capacity(int64_t natoms, int64_t nedges) {
+  auto long_opts = torch::TensorOptions().dtype(torch::kInt64).device(device_);
+  if (natoms > cap_atoms_ || !species_buf_.defined()) {
+    cap_atoms_ = grow(natoms);
+    species_buf_ = torch::empty({cap_atoms_}, long_opts);
+    atom_energy_.assign(cap_atoms_, 0.0);
+    ++num_allocations_;
+  }
+  if (nedges > cap_edges_ || !edge_vec_buf_.defined()) {
+    cap_edges_ = grow(nedges);
+    edge_index_buf_ = torch::empty({2 * cap_edges_}, long_opts);
+    edge_vec_buf_ = torch::empty({cap_edges_, 3}, torch::TensorOptions().dtype(dtype_).device(device_));
+    fij_.assign(3 * cap_edges_, 0.0);
+    ++num_allocations_;
+  }
+}
+
+void Model::check_inputs(int64_t natoms, const int64_t *species, int64_t nedges,
+                         const int64_t *edge_i, const int64_t *edge_j, int64_t nlocal) const {
+  if (natoms < 0 || nedges < 0)
+    throw ModelError("negative atom or edge count");
+  if (nlocal < 0 || nlocal > natoms)
+    throw ModelError("nlocal = " + std::to_string(nlocal) + " must be between 0 and the number of "
+                     "atoms (" + std::to_string(natoms) + ")");
+  const int64_t nel = static_cast<int64_t>(meta_.elements.size());
+  for (int64_t a = 0; a < natoms; ++a)
+    if (species[a] < 0 || species[a] >= nel)
+      throw ModelError("species[" + std::to_string(a) + "] = " + std::to_string(species[a]) +
+                       " is not an element index of this model (0.." + std::to_string(nel - 1) +
+                       " for " + meta_.elements_string() + ")");
+  for (int64_t k = 0; k < nedges; ++k) {
+    if (edge_i[k] < 0 || edge_i[k] >= natoms || edge_j[k] < 0 || edge_j[k] >= natoms)
+      throw ModelError("edge " + std::to_string(k) + " (" + std::to_string(edge_i[k]) + ", " +
+                       std::to_string(edge_j[k]) + ") refers to an atom outside 0.." +
+                       std::to_string(natoms - 1));
+    if (edge_i[k] == edge_j[k])
+      throw ModelError("edge " + std::to_string(k) + " is a self pair (" +
+                       std::to_string(edge_i[k]) + ", " + std::to_string(edge_j[k]) +
+                       "); the edge list must not contain i == j");
+  }
+}
+
+void Model::compute(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
+                    const int64_t *edge_j, const double *edge_vec, int64_t nlocal, bool want_fij) {
+  check_inputs(natoms, species, nedges, edge_i, edge_j, nlocal);
+  ensure_capacity(natoms, nedges);
+  natoms_ = natoms;
+  nedges_ = nedges;
+  ++ncalls_;
+  energy_ = 0.0;
+  std::fill(atom_energy_.begin(), atom_energy_.begin() + natoms, 0.0);
+  std::fill(fij_.begin(), fij_.begin() + 3 * nedges, 0.0);
+  if (natoms == 0) return;
+
+  auto cpu_long = torch::TensorOptions().dtype(torch::kInt64);
+  auto cpu_double = torch::TensorOptions().dtype(torch::kFloat64);
+
+  torch::Tensor sp = species_buf_.narrow(0, 0, natoms);
+  sp.copy_(torch::from_blob(const_cast<int64_t *>(species), {natoms}, cpu_long));
+  torch::Tensor ei = edge_index_buf_.narrow(0, 0, 2 * nedges).view({2, nedges});
+  torch::Tensor ev = edge_vec_buf_.narrow(0, 0, nedges);
+  if (nedges > 0) {
+    ei[0].copy_(torch::from_blob(const_cast<int64_t *>(edge_i), {nedges}, cpu_long));
+    ei[1].copy_(torch::from_blob(const_cast<int64_t *>(edge_j), {nedges}, cpu_long));
+    ev.copy_(torch::from_blob(const_cast<double *>(edge_vec), {nedges, 3}, cpu_double));
+  }
+  ev = ev.detach();
+  if (want_fij) ev.requires_grad_(true);
+  if (!dump_prefix_.empty()) debug_dump(sp, ei, ev, nlocal);
+
+  torch::Tensor out;
+  {
+    c10::optional<torch::NoGradGuard> no_grad;
+    if (!want_fij) no_grad.emplace();
+    std::vector<torch::jit::IValue> inputs{sp, ei, ev};
+    torch::jit::IValue result = module_.forward(inputs);
+    if (!result.isTensor())
+      throw ModelError(path_ + ": model forward returned " + result.tagKind() +
+                       ", expected a tensor of per-atom energies [N]");
+    out = result.toTensor();
+  }
+  if (out.dim() != 1 || out.size(0) != natoms)
+    throw ModelError(path_ + ": model forward returned shape " + c10::str(out.sizes()) +
+                     ", expected per-atom energies of shape [" + std::to_string(natoms) + "]");
+
+  torch::Tensor host_ae = torch::from_blob(atom_energy_.data(), {natoms}, cpu_double);
+  host_ae.copy_(out.detach());
+  for (int64_t a = 0; a < nlocal; ++a) energy_ += atom_energy_[a];
+
+  if (want_fij && nedges > 0) {
+    torch::Tensor e_own = out.narrow(0, 0, nlocal).sum();
+    if (e_own.requires_grad()) {
+      auto grads = torch::autograd::grad({e_own}, {ev}, /*grad_outputs=*/{},
+                                         /*retain_graph=*/false, /*create_graph=*/false,
+                                         /*allow_unused=*/true);
+      if (grads[0].defined()) {
+        torch::Tensor host_f = torch::from_blob(fij_.data(), {nedges, 3}, cpu_double);
+        host_f.copy_(grads[0]);
+      }
+    }
+  }
+  if (debug_)
+    std::fprintf(stderr, "polyget: call %lld natoms=%lld nlocal=%lld nedges=%lld energy=%.12g\n",
+                 static_cast<long long>(ncalls_), static_cast<long long>(natoms),
+                 static_cast<long long>(nlocal), static_cast<long long>(nedges), energy_);
+}
+
+void Model::debug_dump(const torch::Tensor &species, const torch::Tensor &edge_index,
+                       const torch::Tensor &edge_vec, int64_t nlocal) {
+  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+  d.insert("species", species.detach().cpu().clone());
+  d.insert("edge_index", edge_index.detach().cpu().clone());
+  d.insert("edge_vec", edge_vec.detach().cpu().clone());
+  d.insert("nlocal", nlocal);
+  std::vector<char> bytes = torch::jit::pickle_save(d);
+  std::string fname = dump_prefix_ + "." + std::to_string(ncalls_) + ".pt";
+  std::ofstream f(fname, std::ios::binary);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (debug_) std::fprintf(stderr, "polyget: wrote model inputs to %s\n", fname.c_str());
+}
+
+}  // namespace polyget

@@ -1,0 +1,126 @@
+// polyget C++ core: runs an exported polyget TorchScript model (NAME.jit.pt, see
+// docs/interfaces.md section 3) on an edge list, on CPU or CUDA.
+//
+// Used by the LAMMPS pair style (cpp/pair_polyget.cpp) and by the pybind11 module
+// polyget._core (cpp/bindings.cpp). The input is positions-free: species, a full edge list and
+// the edge vectors r_j - r_i. The output is the energy of the first `nlocal` atoms, the per-atom
+// energies and fij = dE/d(edge_vec), from which callers build forces (F_i += fij, F_j -= fij) and
+// the virial (-sum edge_vec (x) fij).
+#pragma once
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace polyget {
+
+// The TorchScript format this core reads (metadata.json "format" / "format_version").
+constexpr const char *kTorchScriptFormat = "polyget-torchscript";
+constexpr int kTorchScriptFormatVersion = 1;
+
+// Every problem with a model file or with the inputs: the message says what was expected, what
+// was found, and what to do.
+class ModelError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Contents of metadata.json, validated.
+struct Metadata {
+  std::string format;
+  int format_version = 0;
+  std::vector<std::string> elements;
+  double cutoff = 0.0;
+  int num_layers = 0;
+  std::string dtype;  // "float64" or "float32"
+  std::string energy_unit;
+  std::string length_unit;
+  std::string polyget_version;
+  std::string torch_version;
+  std::string json;  // the raw text
+
+  // index of `symbol` in `elements`, or -1
+  int element_index(const std::string &symbol) const;
+  // "H C O"
+  std::string elements_string() const;
+  // radius a message-passing model needs around a domain: num_layers * cutoff
+  double interaction_range() const { return num_layers * cutoff; }
+};
+
+// Parse and check metadata.json; `path` only names the file in messages.
+Metadata parse_metadata(const std::string &json_text, const std::string &path);
+
+// Device selection. `request`: "auto" (CUDA when this libtorch has it and a GPU is visible,
+// else CPU), "cpu", "cuda" (GPU local_rank mod GPU count) or "cuda:N". `local_rank` is the
+// node-local MPI rank (or -1 outside MPI).
+torch::Device choose_device(const std::string &request, int local_rank = -1);
+
+class Model {
+ public:
+  Model(const std::string &path, const std::string &device = "auto", int local_rank = -1);
+
+  const Metadata &metadata() const { return meta_; }
+  const torch::Device &device() const { return device_; }
+  std::string device_string() const { return device_.str(); }
+  const std::string &path() const { return path_; }
+
+  // Run the model on natoms atoms (species[i]: index into metadata().elements) and nedges
+  // directed edges (edge_i[k] = centre, edge_j[k] = neighbour, full list, both directions),
+  // edge_vec[3k..3k+2] = r_j - r_i in Angstrom. Atoms [0, nlocal) are the ones whose energies
+  // count. With want_fij = false only energies are computed (no autograd graph).
+  // Results stay valid until the next call: energy(), atom_energy(), fij().
+  void compute(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
+               const int64_t *edge_j, const double *edge_vec, int64_t nlocal,
+               bool want_fij = true);
+
+  double energy() const { return energy_; }
+  const double *atom_energy() const { return atom_energy_.data(); }  // [natoms]
+  const double *fij() const { return fij_.data(); }                  // [nedges * 3]
+  int64_t natoms() const { return natoms_; }
+  int64_t nedges() const { return nedges_; }
+
+  // How many times the input/output buffers were (re)allocated; they only grow when the atom or
+  // edge count exceeds every previous call's.
+  int64_t num_allocations() const { return num_allocations_; }
+  int64_t atom_capacity() const { return cap_atoms_; }
+  int64_t edge_capacity() const { return cap_edges_; }
+
+ private:
+  void ensure_capacity(int64_t natoms, int64_t nedges);
+  void check_inputs(int64_t natoms, const int64_t *species, int64_t nedges,
+                    const int64_t *edge_i, const int64_t *edge_j, int64_t nlocal) const;
+  void debug_dump(const torch::Tensor &species, const torch::Tensor &edge_index,
+                  const torch::Tensor &edge_vec, int64_t nlocal);
+
+  std::string path_;
+  Metadata meta_;
+  torch::Device device_;
+  torch::ScalarType dtype_;
+  torch::jit::Module module_;
+
+  // device-side input buffers, sized to capacity; each call uses a leading slice
+  int64_t cap_atoms_ = 0;
+  int64_t cap_edges_ = 0;
+  int64_t num_allocations_ = 0;
+  torch::Tensor species_buf_;     // [cap_atoms] int64
+  torch::Tensor edge_index_buf_;  // [2 * cap_edges] int64 (row i then row j, contiguous)
+  torch::Tensor edge_vec_buf_;    // [cap_edges, 3] model dtype
+
+  // host-side results
+  int64_t natoms_ = 0;
+  int64_t nedges_ = 0;
+  double energy_ = 0.0;
+  std::vector<double> atom_energy_;
+  std::vector<double> fij_;
+
+  // debugging: POLYGET_DEBUG=1 prints one line per call; POLYGET_DEBUG_DUMP=PREFIX writes the
+  // model inputs of each call to PREFIX.<call>.pt (readable with torch.load)
+  bool debug_ = false;
+  std::string dump_prefix_;
+  int64_t ncalls_ = 0;
+};
+
+}  // namespace polyget
