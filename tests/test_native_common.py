@@ -84,9 +84,10 @@ def save_jit(module: torch.nn.Module, path, metadata: dict | None) -> Path:
     return Path(path)
 
 
-def export_toy(path, cutoff=4.0, num_layers=2, dtype=torch.float64, **meta_overrides) -> Path:
+def export_toy(path, cutoff=4.0, num_layers=2, dtype=torch.float64, meta=None) -> Path:
+    """The toy model as NAME.jit.pt; `meta` overrides metadata.json entries (for error tests)."""
     model = ToyMessagePassing(len(TOY_ELEMENTS), cutoff, num_layers, dtype)
-    return save_jit(model, path, toy_metadata(model, **meta_overrides))
+    return save_jit(model, path, toy_metadata(model, **(meta or {})))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,364 @@
+/* ----------------------------------------------------------------------
+   polyget: LAMMPS pair style for exported polyget TorchScript models.
+
+   The model is a message-passing network with num_layers layers of cutoff rc. Exact results on
+   any number of MPI ranks ("first way" of docs/DESIGN.md): every rank holds ghost atoms out to
+   num_layers * rc (+ skin), runs the model on owned + ghost atoms with a full neighbour list that
+   includes the ghosts' neighbours, sums the energies of its owned atoms only, and puts
+   fij = d(E_owned)/d(r_j - r_i) on i and j; LAMMPS reverse-communicates the ghost forces.
+------------------------------------------------------------------------- */
+
+// torch headers before LAMMPS headers (LAMMPS defines short macros)
+#include "core.h"
+
+#include <ATen/Parallel.h>
+
+#include "pair_polyget.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "domain.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+
+#include <cmath>
+#include <cstring>
+#include <exception>
+
+using namespace LAMMPS_NS;
+
+static const char *const SYNTAX_STYLE =
+    "expected: pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N]";
+
+/* ---------------------------------------------------------------------- */
+
+PairPolyGET::PairPolyGET(LAMMPS *lmp) :
+    Pair(lmp), device_request("auto"), nthreads_request(-1), cutoff(0.0), halo(0.0), map(nullptr)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  ghostneigh = 1;    // neighbours of ghost atoms: the model runs on the whole halo
+  centroidstressflag = CENTROID_NOTAVAIL;
+}
+
+/* ---------------------------------------------------------------------- */
+
+PairPolyGET::~PairPolyGET()
+{
+  if (copymode) return;
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    memory->destroy(cutghost);
+    memory->destroy(map);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairPolyGET::model_error_all(const std::string &where, const std::string &what)
+{
+  error->all(FLERR, "pair_style polyget " + where + ": " + what);
+}
+
+/* ----------------------------------------------------------------------
+   compute
+------------------------------------------------------------------------- */
+
+void PairPolyGET::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+
+  double **x = atom->x;
+  double **f = atom->f;
+  int *type = atom->type;
+  const int nlocal = atom->nlocal;
+  const int ntotal = nlocal + atom->nghost;
+
+  // an empty subdomain has no energy and no forces to give
+  if (nlocal == 0) {
+    if (vflag_fdotr) virial_fdotr_compute();
+    return;
+  }
+
+  // species of owned and ghost atoms
+  species.resize(ntotal);
+  for (int i = 0; i < ntotal; i++) species[i] = map[type[i]];
+
+  // edges from the full neighbour list of owned and ghost atoms, within the model cutoff
+  const int inum = list->inum;
+  const int gnum = list->gnum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double cutsq_model = cutoff * cutoff;
+
+  edge_i.clear();
+  edge_j.clear();
+  edge_vec.clear();
+  for (int ii = 0; ii < inum + gnum; ii++) {
+    const int i = ilist[ii];
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[j][0] - xi;
+      const double dy = x[j][1] - yi;
+      const double dz = x[j][2] - zi;
+      if (dx * dx + dy * dy + dz * dz < cutsq_model) {
+        edge_i.push_back(i);
+        edge_j.push_back(j);
+        edge_vec.push_back(dx);
+        edge_vec.push_back(dy);
+        edge_vec.push_back(dz);
+      }
+    }
+  }
+  const int64_t nedges = static_cast<int64_t>(edge_i.size());
+
+  // run the model; exceptions here can be rank-specific, so error->one (error->all would hang)
+  try {
+    model->compute(ntotal, species.data(), nedges, edge_i.data(), edge_j.data(), edge_vec.data(),
+                   nlocal, true);
+  } catch (std::exception &e) {
+    error->one(FLERR, std::string("pair_style polyget: model evaluation failed: ") + e.what());
+  }
+
+  // forces: F_i += fij, F_j -= fij  (fij = dE/d(r_j - r_i)); ghost forces go back by reverse comm
+  const double *fij = model->fij();
+  for (int64_t k = 0; k < nedges; k++) {
+    const int i = static_cast<int>(edge_i[k]);
+    const int j = static_cast<int>(edge_j[k]);
+    const double *g = fij + 3 * k;
+    f[i][0] += g[0];
+    f[i][1] += g[1];
+    f[i][2] += g[2];
+    f[j][0] -= g[0];
+    f[j][1] -= g[1];
+    f[j][2] -= g[2];
+  }
+
+  if (eflag_global) eng_vdwl += model->energy();
+  if (eflag_atom) {
+    const double *ae = model->atom_energy();
+    for (int i = 0; i < nlocal; i++) eatom[i] += ae[i];
+  }
+
+  // virial: fdotr over owned + ghost atoms, or explicitly -sum_pairs r_ij (x) fij
+  if (vflag_fdotr) {
+    virial_fdotr_compute();
+  } else if (vflag_either) {
+    for (int64_t k = 0; k < nedges; k++) {
+      const double *r = edge_vec.data() + 3 * k;
+      const double *g = fij + 3 * k;
+      const double v[6] = {-r[0] * g[0], -r[1] * g[1], -r[2] * g[2],
+                           -r[0] * g[1], -r[0] * g[2], -r[1] * g[2]};
+      if (vflag_global)
+        for (int c = 0; c < 6; c++) virial[c] += v[c];
+      if (vflag_atom) {
+        const int i = static_cast<int>(edge_i[k]);
+        const int j = static_cast<int>(edge_j[k]);
+        for (int c = 0; c < 6; c++) {
+          vatom[i][c] += 0.5 * v[c];
+          vatom[j][c] += 0.5 * v[c];
+        }
+      }
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   allocate all arrays
+------------------------------------------------------------------------- */
+
+void PairPolyGET::allocate()
+{
+  allocated = 1;
+  int n = atom->ntypes;
+  memory->create(setflag, n + 1, n + 1, "pair:setflag");
+  for (int i = 1; i <= n; i++)
+    for (int j = i; j <= n; j++) setflag[i][j] = 0;
+  memory->create(cutsq, n + 1, n + 1, "pair:cutsq");
+  memory->create(cutghost, n + 1, n + 1, "pair:cutghost");
+  memory->create(map, n + 1, "pair:map");
+  for (int i = 0; i <= n; i++) map[i] = -1;
+}
+
+/* ----------------------------------------------------------------------
+   settings: pair_style polyget NAME.jit.pt [device D] [threads N]
+------------------------------------------------------------------------- */
+
+void PairPolyGET::settings(int narg, char **arg)
+{
+  if (narg < 1) error->all(FLERR, std::string("Illegal pair_style polyget command: ") + SYNTAX_STYLE);
+
+  std::string path = arg[0];
+  std::string device = "auto";
+  int nthreads = -1;
+  int iarg = 1;
+  while (iarg < narg) {
+    if (strcmp(arg[iarg], "device") == 0) {
+      if (iarg + 2 > narg)
+        error->all(FLERR, std::string("pair_style polyget: device needs a value; ") + SYNTAX_STYLE);
+      device = arg[iarg + 1];
+      iarg += 2;
+    } else if (strcmp(arg[iarg], "threads") == 0) {
+      if (iarg + 2 > narg)
+        error->all(FLERR, std::string("pair_style polyget: threads needs a value; ") + SYNTAX_STYLE);
+      nthreads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (nthreads < 1) error->all(FLERR, "pair_style polyget: threads must be >= 1");
+      iarg += 2;
+    } else {
+      error->all(FLERR, std::string("pair_style polyget: unknown keyword '") + arg[iarg] + "'; " +
+                            SYNTAX_STYLE);
+    }
+  }
+
+  // node-local rank picks the GPU (rank mod GPU count) when there are several
+  int local_rank = -1;
+#ifdef POLYGET_HAVE_MPI
+  if (comm->nprocs > 1) {
+    MPI_Comm node;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_free(&node);
+  }
+#endif
+
+  // torch intra-op threads per rank: `threads N`, else LAMMPS's (OMP_NUM_THREADS, default 1)
+  nthreads_request = nthreads;
+  at::set_num_threads(nthreads > 0 ? nthreads : std::max(1, comm->nthreads));
+
+  model.reset();
+  try {
+    model = std::make_unique<polyget::Model>(path, device, local_rank);
+  } catch (std::exception &e) {
+    model_error_all("cannot use '" + path + "'", e.what());
+  }
+  model_path = path;
+  device_request = device;
+  cutoff = model->metadata().cutoff;
+  halo = model->metadata().interaction_range();
+
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style polyget: {} (elements {}, cutoff {} A, {} layers, {}, format {}) "
+                   "on {}, {} torch thread(s) per rank\n",
+                   path, model->metadata().elements_string(), cutoff,
+                   model->metadata().num_layers, model->metadata().dtype,
+                   model->metadata().format_version, model->device_string(),
+                   at::get_num_threads());
+
+  // a new model invalidates earlier pair_coeff mappings
+  if (allocated) {
+    int n = atom->ntypes;
+    for (int i = 1; i <= n; i++) {
+      map[i] = -1;
+      for (int j = i; j <= n; j++) setflag[i][j] = 0;
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   coeff: pair_coeff * * <element per type>
+------------------------------------------------------------------------- */
+
+void PairPolyGET::coeff(int narg, char **arg)
+{
+  if (!model) error->all(FLERR, "pair_coeff before pair_style polyget NAME.jit.pt");
+  if (!allocated) allocate();
+
+  const auto &meta = model->metadata();
+  const int ntypes = atom->ntypes;
+  const std::string expected = "expected: pair_coeff * * <element per type> with " +
+      std::to_string(ntypes) + " element(s) for " + std::to_string(ntypes) +
+      " atom type(s), each one of the model's elements: " + meta.elements_string();
+
+  if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for pair_style polyget: " + expected);
+  if (narg - 2 != ntypes)
+    error->all(FLERR, "pair_coeff for pair_style polyget: found " + std::to_string(narg - 2) +
+                          " element(s) after * *; " + expected);
+
+  type_elements.assign(ntypes + 1, "");
+  for (int t = 1; t <= ntypes; t++) {
+    const std::string sym = arg[t + 1];
+    if (sym == "NULL")
+      error->all(FLERR, "pair_coeff for pair_style polyget: NULL (type " + std::to_string(t) +
+                            ") is not supported: every atom type needs an element of the model (" +
+                            meta.elements_string() + ")");
+    const int idx = meta.element_index(sym);
+    if (idx < 0)
+      error->all(FLERR, "pair_coeff for pair_style polyget: element '" + sym + "' (atom type " +
+                            std::to_string(t) + ") is not in the model " + model_path +
+                            ", whose elements are: " + meta.elements_string());
+    map[t] = idx;
+    type_elements[t] = sym;
+  }
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
+}
+
+/* ----------------------------------------------------------------------
+   init_style: newton on, metal units, full neighbour list with ghost neighbours, halo
+------------------------------------------------------------------------- */
+
+void PairPolyGET::init_style()
+{
+  if (!model) error->all(FLERR, "pair_style polyget: no model loaded");
+  if (force->newton_pair == 0)
+    error->all(FLERR, "pair_style polyget requires newton pair on (ghost-atom forces are "
+                      "reverse-communicated): use 'newton on' (the default), not 'newton off'");
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, std::string("pair_style polyget requires units metal (the model works in eV "
+                                  "and Angstrom); found units ") + update->unit_style +
+                          ": use 'units metal'");
+
+  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+
+  // ghost atoms out to num_layers * cutoff (+ skin): set the comm cutoff if the user's is shorter
+  const double need = halo + neighbor->skin;
+  if (comm->mode != Comm::SINGLE)
+    error->all(FLERR, "pair_style polyget needs comm_modify mode single with a cutoff of at least "
+                      "{:.6g} (num_layers x cutoff + skin); use: comm_modify mode single cutoff {:.6g}",
+               need, need);
+  if (comm->cutghostuser < need) {
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style polyget: communication cutoff set to {:.6g} = {} layers x {} A "
+                     "+ skin {} (ghost atoms for exact message passing across subdomains)\n",
+                     need, model->metadata().num_layers, cutoff, neighbor->skin);
+    comm->cutghostuser = need;
+  }
+}
+
+/* ----------------------------------------------------------------------
+   init_one: the model cutoff for every type pair
+------------------------------------------------------------------------- */
+
+double PairPolyGET::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0)
+    error->all(FLERR, "pair_style polyget: pair_coeff not set; expected: pair_coeff * * "
+                      "<element per type> (model elements: " + model->metadata().elements_string() + ")");
+  cutghost[i][j] = cutghost[j][i] = cutoff;
+  return cutoff;
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairPolyGET::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += (double) species.capacity() * sizeof(int64_t);
+  bytes += (double) (edge_i.capacity() + edge_j.capacity()) * sizeof(int64_t);
+  bytes += (double) edge_vec.capacity() * sizeof(double);
+  return bytes;
+}

@@ -1,0 +1,58 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   polyget: LAMMPS pair style running an exported polyget TorchScript model
+
+     pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N]
+     pair_coeff * * <element of type 1> <element of type 2> ...
+
+   Built as a plugin (cpp/pair_polyget_plugin.cpp); see README "LAMMPS".
+------------------------------------------------------------------------- */
+
+#ifndef LMP_PAIR_POLYGET_H
+#define LMP_PAIR_POLYGET_H
+
+#include "pair.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace polyget {
+class Model;
+}
+
+namespace LAMMPS_NS {
+
+class PairPolyGET : public Pair {
+ public:
+  PairPolyGET(class LAMMPS *);
+  ~PairPolyGET() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+  double memory_usage() override;
+
+ protected:
+  void allocate();
+  [[noreturn]] void model_error_all(const std::string &where, const std::string &what);
+
+  std::unique_ptr<polyget::Model> model;
+  std::string model_path;
+  std::string device_request;
+  int nthreads_request;    // -1: LAMMPS's own thread count (OMP_NUM_THREADS / package omp)
+  double cutoff;           // model cutoff (Angstrom)
+  double halo;             // num_layers * cutoff: ghost atoms needed around a subdomain
+  int *map;                // LAMMPS type -> model element index
+  std::vector<std::string> type_elements;    // element of each type (for messages)
+
+  // edge list buffers, reused every step (they only grow)
+  std::vector<int64_t> species, edge_i, edge_j;
+  std::vector<double> edge_vec;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
