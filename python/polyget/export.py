@@ -1,0 +1,173 @@
+"""Export a polyget checkpoint to the files LAMMPS uses (docs/interfaces.md, section 3).
+
+``python python/export.py CKPT -o potentials/NAME.pt [--dtype float32|float64]
+[--device cpu|cuda]`` writes
+
+* ``NAME.pt``: the ML-IAP unified object (``polyget.lammps.mliap.PolyGETMLIAP``, pickled with
+  ``torch.save``) for ``pair_style mliap unified NAME.pt 0|1``;
+* ``NAME.jit.pt``: the TorchScript model with ``metadata.json`` for ``pair_style polyget`` and
+  ``polyget._core``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from . import __version__
+from .lammps.mliap import (FORMAT_VERSION, TORCHSCRIPT_FORMAT, TORCHSCRIPT_FORMAT_VERSION,
+                           PolyGETMLIAP)
+
+UNITS = {"energy": "eV", "length": "Angstrom"}
+
+
+class ExportError(RuntimeError):
+    """The input cannot be exported (with a message that says why and what to do)."""
+
+
+def output_paths(out: str | os.PathLike) -> Tuple[Path, Path]:
+    """``potentials/NAME.pt`` -> (``potentials/NAME.pt``, ``potentials/NAME.jit.pt``)."""
+    out = Path(out)
+    name = out.name
+    if name.endswith(".jit.pt"):
+        raise ExportError("-o names the ML-IAP file NAME.pt; NAME.jit.pt is written next to it")
+    stem = name[:-3] if name.endswith(".pt") else name
+    return out.with_name(stem + ".pt"), out.with_name(stem + ".jit.pt")
+
+
+def metadata_for(model: torch.nn.Module, dtype: str, extra: Optional[Dict[str, Any]] = None
+                 ) -> Dict[str, Any]:
+    meta = {
+        "format": TORCHSCRIPT_FORMAT,
+        "format_version": TORCHSCRIPT_FORMAT_VERSION,
+        "elements": [str(e) for e in model.elements],
+        "cutoff": float(model.cutoff),
+        "num_layers": int(model.num_layers),
+        "dtype": dtype,
+        "units": dict(UNITS),
+        "polyget_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "mliap_format_version": FORMAT_VERSION,
+    }
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "float64",
+                 device: str = "cpu", extra_metadata: Optional[Dict[str, Any]] = None
+                 ) -> Tuple[Path, Path]:
+    """Write NAME.pt and NAME.jit.pt for an (eager or scripted) polyget-contract model."""
+    if dtype not in ("float32", "float64"):
+        raise ExportError("--dtype must be float32 or float64, got %r" % dtype)
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ExportError("--device must be cpu or cuda, got %r" % device)
+    torch_dtype = torch.float64 if dtype == "float64" else torch.float32
+    model = model.to(device="cpu", dtype=torch_dtype).eval()
+    scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.script(model)
+    meta = metadata_for(model, dtype, extra_metadata)
+    if extra_metadata is None or "device" not in extra_metadata:
+        meta["device"] = device
+    extra = {"metadata.json": json.dumps(meta, sort_keys=True)}
+    pt_path, jit_path = output_paths(out)
+    pt_path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf, _extra_files=extra)
+    blob = buf.getvalue()
+    _atomic_write(jit_path, blob)
+    mliap = PolyGETMLIAP(blob, meta, device=device)
+    tmp = io.BytesIO()
+    torch.save(mliap, tmp)
+    _atomic_write(pt_path, tmp.getvalue())
+    return pt_path, jit_path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp%d" % os.getpid())
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def load_checkpoint_model(ckpt: str | os.PathLike, dtype: str = "float64"):
+    """(model, checkpoint dict) of a polyget checkpoint; ExportError for anything else."""
+    from .io import ModelFileError, load_checkpoint, model_from_checkpoint
+
+    path = Path(ckpt)
+    if path.is_file() and _is_exported_mliap(path):
+        raise ExportError(
+            "%s is an exported ML-IAP file (NAME.pt from python/export.py), not a training "
+            "checkpoint: use it in LAMMPS directly, or export the .ckpt written by "
+            "`polyget train`" % path)
+    try:
+        ck = load_checkpoint(path)
+    except ModelFileError as exc:
+        raise ExportError(str(exc)) from None
+    return model_from_checkpoint(ck, dtype).eval(), ck
+
+
+def _is_exported_mliap(path: Path) -> bool:
+    try:
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            for n in z.namelist():
+                if n.endswith("data.pkl"):
+                    return b"PolyGETMLIAP" in z.read(n)
+    except Exception:
+        return False
+    return False
+
+
+def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float64",
+           device: str = "cpu") -> Tuple[Path, Path]:
+    """Checkpoint -> (NAME.pt, NAME.jit.pt)."""
+    model, ck = load_checkpoint_model(ckpt, dtype)
+    extra = {"source_checkpoint": Path(ckpt).name}
+    if ck.get("calibration"):
+        try:
+            json.dumps(ck["calibration"])
+            extra["calibration"] = ck["calibration"]
+        except TypeError:
+            pass
+    return export_model(model, out, dtype=dtype, device=device, extra_metadata=extra)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a polyget checkpoint to LAMMPS: NAME.pt (pair_style mliap unified) "
+                    "and NAME.jit.pt (pair_style polyget / TorchScript).")
+    p.add_argument("checkpoint", help="polyget checkpoint (.ckpt written by `polyget train`)")
+    p.add_argument("-o", "--output", required=True, help="output ML-IAP file, e.g. potentials/NAME.pt")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="model precision in LAMMPS (float64: exact forces for tests/NVE; "
+                        "float32: faster)")
+    p.add_argument("--device", default="cpu",
+                   help="device the ML-IAP model runs on: cpu or cuda (falls back to the CPU "
+                        "with a warning where CUDA is absent; POLYGET_DEVICE overrides at run time)")
+    args = p.parse_args(argv)
+    try:
+        pt, jit = export(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
+    except ExportError as exc:
+        print("export: error: %s" % exc, file=sys.stderr)
+        return 2
+    obj = torch.load(pt, map_location="cpu", weights_only=False)
+    m = obj.metadata
+    print("wrote %s (ML-IAP unified) and %s (TorchScript)" % (pt, jit))
+    print("  elements %s, cutoff %.3g A, %d layers, %s, device %s"
+          % (" ".join(m["elements"]), m["cutoff"], m["num_layers"], m["dtype"], obj.device_request))
+    print("LAMMPS (units metal), one rank or many:")
+    print("  " + obj.deck_lines(path=str(pt)).replace("\n", "\n  "))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
