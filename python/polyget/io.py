@@ -67,7 +67,9 @@ def make_checkpoint(model: PolyGET, **extra: Any) -> Dict[str, Any]:
         "hparams": model.config.to_dict(),
         "elements": list(model.elements),
         "units": dict(UNITS),
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # float64 storage is lossless for float32 models and keeps calibration offsets exact
+        "model_state": {k: (v.detach().cpu().double() if v.is_floating_point() else v.detach().cpu())
+                        for k, v in model.state_dict().items()},
         "calibration": {},
         "normalisation": {"energy_scale": float(model.energy_scale)},
         "versions": versions(),
@@ -110,16 +112,17 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: Dict[str, Any]) -> PolyGET:
-    model = PolyGET(ModelConfig.from_dict(ckpt["hparams"]))
+def model_from_checkpoint(ckpt: Dict[str, Any], dtype: Union[str, torch.dtype] = "float64") -> PolyGET:
+    """Model in ``dtype``; cast before loading so float64 offsets are not rounded through float32."""
+    model = PolyGET(ModelConfig.from_dict(ckpt["hparams"])).to(parse_dtype(dtype))
     model.load_state_dict(ckpt["model_state"])
     return model
 
 
 def load_model(path: Union[str, Path], device: str = "cpu", dtype: Union[str, torch.dtype] = "float64") -> PolyGET:
     """Eager PolyGET model from a checkpoint, in eval mode, on ``device`` with ``dtype``."""
-    model = model_from_checkpoint(load_checkpoint(path))
-    return model.to(device=device, dtype=parse_dtype(dtype)).eval()
+    model = model_from_checkpoint(load_checkpoint(path), dtype)
+    return model.to(device=device).eval()
 
 
 def load_torchscript(path: Union[str, Path], device: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
@@ -153,7 +156,7 @@ def load_any(path: Union[str, Path], device: str = "cpu", dtype: Union[str, torc
             module = module.to(want)
         return module.eval(), list(meta["elements"]), float(meta["cutoff"]), meta
     ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt).to(device=device, dtype=parse_dtype(dtype)).eval()
+    model = model_from_checkpoint(ckpt, dtype).to(device=device).eval()
     meta = {"elements": list(model.elements), "cutoff": model.cutoff, "num_layers": model.num_layers,
             "calibration": ckpt.get("calibration", {}), "units": ckpt.get("units", UNITS)}
     return model, list(model.elements), model.cutoff, meta

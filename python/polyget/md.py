@@ -62,8 +62,7 @@ def run_md(structure, model: str, out_dir: str, temperature: float = 300.0, time
         ase.io.write(traj_path, atoms, format="extxyz", append=True)
         bar.update(dyn.nsteps - bar.n)
 
-    dyn.attach(log, interval=interval)
-    log()
+    dyn.attach(log, interval=interval)  # ASE also calls it at step 0
     dyn.run(steps)
     bar.close()
     wall = time.time() - t0

@@ -341,6 +341,12 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                                 % self._handle.reason)
         return self._handle
 
+    @staticmethod
+    def _error(h: "_LammpsHandle", msg: str) -> PolyGETLammpsError:
+        exc = PolyGETLammpsError(msg)
+        exc.rank = h.rank if h.ok else None  # only rank 0 prints (polyget.lammps.errors)
+        return exc
+
     def _agree(self, local_codes: np.ndarray) -> np.ndarray:
         """Element-wise max of small integer flags over all ranks (all ranks see the same)."""
         if self._mpi_comm is None:
@@ -380,12 +386,12 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         codes[3] = 0 if units in _UNIT_FACTORS else 1
         codes = self._agree(codes)
         if codes[3]:
-            raise PolyGETLammpsError(
+            raise self._error(h, 
                 "polyget: units %s are not supported: polyget models are in eV and Angstrom; "
                 "use `units metal` (native) or `units real` (converted)" % units)
         if codes[0]:
             sym = CHEMICAL_SYMBOLS[int(codes[0]) - 1]
-            raise PolyGETLammpsError(
+            raise self._error(h, 
                 "polyget: element %s (from pair_coeff) is not in this model; the model's "
                 "elements are: %s. Map every atom type to one of them, or to NULL."
                 % (sym, " ".join(self.elements)))
@@ -394,14 +400,14 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
             skin = h.global_double("neigh_skin") if h.ok else 2.0
             need = self.required_ghost_cutoff(skin)
             if codes[2]:
-                raise PolyGETLammpsError(
+                raise self._error(h, 
                     "polyget: this model has %d message-passing layers (cutoff %.3g A), so on "
                     "%d MPI ranks ghost atoms need their own neighbours: use\n%s\n"
                     "(ghostneigh 0 would give wrong forces at domain boundaries)"
                     % (self.num_layers, self.cutoff, nprocs, self.deck_lines(skin)))
             have = h.ghost_cutoff() if h.ok else float("nan")
             if h.ok and have < need - 1e-9:
-                raise PolyGETLammpsError(
+                raise self._error(h, 
                     "polyget: ghost cutoff %.4g A is too short for %d layers x %.4g A cutoff + "
                     "%.4g A skin: add `comm_modify cutoff %.1f` (or larger) to the input"
                     % (have, self.num_layers, self.cutoff, skin,
@@ -409,7 +415,7 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         if not folded and nprocs == 1 and self.num_layers > 1 and codes[2]:
             # without the LAMMPS handle, periodic images cannot be folded onto their atoms
             if npairs and np.any(pair_j >= nlocal):
-                raise PolyGETLammpsError(
+                raise self._error(h, 
                     "polyget: cannot map ghost atoms to their owners (%s) and ghostneigh is 0: "
                     "use `pair_style mliap unified FILE 1` with `comm_modify cutoff %.1f`"
                     % (h.reason, math.ceil(self.required_ghost_cutoff(2.0) * 10) / 10))
@@ -435,7 +441,7 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                 pos = np.searchsorted(tags[:nlocal], tags[nlocal:], sorter=order)
                 owner[nlocal:] = order[np.minimum(pos, nlocal - 1)]
                 if not np.array_equal(tags[owner[nlocal:]], tags[nlocal:]):
-                    raise PolyGETLammpsError(
+                    raise self._error(h, 
                         "polyget: a ghost atom has no owned atom with its tag on this single "
                         "rank (atom IDs missing?); use `atom_modify id yes`")
             gi = pair_i[keep]

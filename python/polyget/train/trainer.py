@@ -145,7 +145,7 @@ class Trainer:
             chunk = self.val_set[k:k + bs]
             batch = collate(chunk, self.dtype, self.device)
             loss, out = batch_loss(self.model, batch, t, create_graph=False)
-            total += float(loss) * len(chunk)
+            total += float(loss.detach()) * len(chunk)
             n += len(chunk)
             f = out["forces"].detach().cpu().double().numpy()
             start = 0
@@ -186,12 +186,12 @@ class Trainer:
                 self.opt.step()
                 self.state["step"] += 1
                 self.state["batch_in_epoch"] += 1
-                last["loss"] = float(loss)
-                train_loss_acc += float(loss)
-                train_mae_acc += float((out["forces"] - batch.forces).abs().mean())
+                last["loss"] = float(loss.detach())
+                train_loss_acc += float(loss.detach())
+                train_mae_acc += float((out["forces"].detach() - batch.forces).abs().mean())
                 n_acc += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.4g}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4g}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
                 if self.state["step"] % t["val_every"] == 0 or self.state["step"] == t["max_steps"]:
                     self.state["elapsed_s"] = time.time() - start_time
                     row = self._validate_and_save(train_loss_acc / n_acc, train_mae_acc / n_acc)

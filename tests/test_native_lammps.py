@@ -1,0 +1,413 @@
+"""LAMMPS `pair_style polyget` (the plugin built by scripts/build_native.sh).
+
+- agreement with the Python reference (ASE calculator path): energy, per-atom energies, forces
+  and the virial vs ASE stress, periodic and not, float64 to 1e-6 (observed ~1e-12);
+- MPI: 1, 2 and 3 ranks give the same energies/forces (1e-8), including a rank with an empty
+  subdomain and an atom with no neighbours; the multi-layer halo really is needed (a too-short
+  communication cutoff would change the answer, so the test structures span subdomains);
+- short NVT + NVE of a 360-atom loop with a measured NVE drift bound;
+- bad input gives a clear LAMMPS error (not a crash).
+
+Needs the LAMMPS built by scripts/build_lammps.sh (tests are skipped, with that reason, only when
+no LAMMPS executable exists at all).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.io import write
+
+from test_native_common import (REPO, TOY_ELEMENTS, cyclooctane_15_loop, export_toy,
+                                periodic_melt, reference, ring_polymer, save_jit, toy_metadata,
+                                ToyMessagePassing)
+
+pytestmark = pytest.mark.lammps
+
+VENV = REPO / ".venv"
+PLUGIN_DIR = VENV / "lib" / "polyget" / "plugins"
+PLUGIN = PLUGIN_DIR / "polygetplugin.so"
+NKTV2P_METAL = 1.6021765e6  # LAMMPS metal units: pressure (bar) = nktv2p * energy / volume
+
+
+def lammps_env() -> dict:
+    env_file = VENV / "share" / "polyget" / "lammps.env"
+    out = {}
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            if "=" in line and not line.lstrip().startswith("#"):
+                k, v = line.split("=", 1)
+                out[k.strip()] = v.strip().strip('"')
+    return out
+
+
+def find_lmp() -> str | None:
+    env = lammps_env()
+    candidates = [VENV / "bin" / "lmp"]
+    if env.get("LAMMPS_PREFIX"):
+        candidates.append(Path(env["LAMMPS_PREFIX"]) / "bin" / "lmp")
+    if env.get("LAMMPS_BUILD_DIR"):
+        candidates.append(Path(env["LAMMPS_BUILD_DIR"]) / "lmp")
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    return None
+
+
+LMP = find_lmp()
+if LMP is None:
+    pytest.skip("no LAMMPS executable (.venv/bin/lmp or lammps.env from scripts/build_lammps.sh)",
+                allow_module_level=True)
+if not PLUGIN.is_file():
+    pytest.fail(f"LAMMPS is present but {PLUGIN} is not: run bash scripts/build_native.sh", pytrace=False)
+
+MPIRUN = str(VENV / "bin" / "mpirun") if (VENV / "bin" / "mpirun").exists() else shutil.which("mpirun")
+
+
+def run_lammps(workdir: Path, deck: str, nprocs: int = 1, timeout: int = 300, check: bool = True,
+               plugin_path: bool = True):
+    """Run `deck` in workdir; returns (returncode, combined output)."""
+    workdir = Path(workdir)
+    (workdir / "in.lmp").write_text(deck)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if plugin_path:
+        env["LAMMPS_PLUGIN_PATH"] = str(PLUGIN_DIR)
+    else:
+        env.pop("LAMMPS_PLUGIN_PATH", None)
+    cmd = [LMP, "-in", "in.lmp", "-log", "log.lammps"]
+    if nprocs > 1:
+        if MPIRUN is None:
+            pytest.fail("mpirun not found (the mpich wheel puts it in .venv/bin)")
+        cmd = [MPIRUN, "-np", str(nprocs)] + cmd
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        raise AssertionError(f"LAMMPS failed ({proc.returncode}):\n{out[-4000:]}")
+    return proc.returncode, out
+
+
+def write_data(atoms, path: Path, elements=TOY_ELEMENTS):
+    present = [e for e in elements if e in set(atoms.get_chemical_symbols())]
+    write(path, atoms, format="lammps-data", specorder=present, masses=True, units="metal",
+          atom_style="atomic")
+    return present
+
+
+def single_point_deck(model: Path, types, newton="on", processors="", extra="", pair_coeff=None,
+                      boundary="p p p"):
+    coeff = pair_coeff if pair_coeff is not None else "pair_coeff * * " + " ".join(types)
+    return f"""
+units metal
+atom_style atomic
+atom_modify map yes
+newton {newton}
+boundary {boundary}
+{processors}
+read_data data.lmp
+pair_style polyget {model}
+{coeff}
+neighbor 1.0 bin
+{extra}
+compute pe all pe/atom
+compute vir all pressure NULL virial
+dump d all custom 1 out.dump id fx fy fz c_pe
+dump_modify d sort id format float %.17g
+thermo_style custom step pe c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6] vol
+thermo_modify format float %.17g
+run 0
+print "RESULT $(pe:%.17g) $(c_vir[1]:%.17g) $(c_vir[2]:%.17g) $(c_vir[3]:%.17g) $(c_vir[4]:%.17g) $(c_vir[5]:%.17g) $(c_vir[6]:%.17g) $(vol:%.17g)"
+"""
+
+
+def parse_single_point(workdir: Path, out: str):
+    m = re.findall(r"^RESULT (.*)$", out, flags=re.M)
+    assert m, out[-3000:]
+    vals = [float(v) for v in m[-1].split()]
+    pe, pvir, vol = vals[0], np.array(vals[1:7]), vals[7]
+    lines = (workdir / "out.dump").read_text().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("ITEM: ATOMS"))) + 1
+    rows = np.array([[float(x) for x in line.split()] for line in lines[start:]])
+    ids = rows[:, 0].astype(int)
+    assert np.all(ids == np.arange(1, len(ids) + 1))
+    # LAMMPS virial (bar, xx yy zz xy xz yz) -> ASE stress (eV/A^3, xx yy zz yz xz xy)
+    p = pvir / NKTV2P_METAL
+    stress = -np.array([p[0], p[1], p[2], p[5], p[4], p[3]])
+    return {"energy": pe, "forces": rows[:, 1:4], "atom_energies": rows[:, 4], "stress": stress,
+            "volume": vol}
+
+
+def lammps_single_point(tmp_path, atoms, model, nprocs=1, processors="", extra="", tag="sp"):
+    work = tmp_path / f"{tag}-np{nprocs}"
+    work.mkdir()
+    types = write_data(atoms, work / "data.lmp")
+    _, out = run_lammps(work, single_point_deck(model, types, processors=processors, extra=extra),
+                        nprocs=nprocs)
+    return parse_single_point(work, out), out
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    path = export_toy(tmp_path_factory.mktemp("toy") / "toy.jit.pt", cutoff=4.0, num_layers=2)
+    return path, torch.jit.load(str(path))
+
+
+# ------------------------------------------------------------------- agreement with Python/ASE
+
+@pytest.mark.parametrize("structure", ["isolated", "periodic"])
+def test_matches_ase_reference(tmp_path, toy, structure):
+    path, module = toy
+    atoms = ring_polymer(16, oxygen_every=4, vacuum=10.0) if structure == "isolated" else periodic_melt()
+    atoms.pbc = True  # LAMMPS box; the isolated ring has 20 A of vacuum (> 2 layers x 4 A)
+    res, out = lammps_single_point(tmp_path, atoms, path)
+    e, f, s, ae = reference(module, atoms)
+    assert "pair_style polyget:" in out and "communication cutoff set to 10" in out
+    assert abs(res["energy"] - e) < 1e-6
+    np.testing.assert_allclose(res["forces"], f, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(res["atom_energies"], ae, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(res["stress"], s, atol=1e-8, rtol=0)
+    assert np.abs(f).max() > 0.01
+
+
+def test_matches_ase_calculator_on_polyget_network(tmp_path):
+    """The real network, exported to .jit.pt, in LAMMPS vs polyget.ase.PolyGETCalculator."""
+    ase_mod = pytest.importorskip("polyget.ase")
+    from test_native_core import export_polyget, small_polyget
+
+    model = small_polyget()
+    path = export_polyget(model, tmp_path / "net.jit.pt")
+    atoms = periodic_melt(seed=3)
+    res, _ = lammps_single_point(tmp_path, atoms, path)
+    calc = ase_mod.PolyGETCalculator(str(path), device="cpu", dtype="float64")
+    atoms.calc = calc
+    assert abs(res["energy"] - atoms.get_potential_energy()) < 1e-6
+    np.testing.assert_allclose(res["forces"], atoms.get_forces(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(res["stress"], atoms.get_stress(), atol=1e-8, rtol=0)
+    np.testing.assert_allclose(res["atom_energies"], atoms.get_potential_energies(), atol=1e-6, rtol=0)
+
+
+def test_plugin_load_command(tmp_path, toy):
+    """Without LAMMPS_PLUGIN_PATH, `plugin load` works too."""
+    path, _ = toy
+    work = tmp_path / "pl"
+    work.mkdir()
+    types = write_data(ring_polymer(6), work / "data.lmp")
+    deck = f"plugin load {PLUGIN}\n" + single_point_deck(path, types)
+    _, out = run_lammps(work, deck, plugin_path=False)
+    assert "RESULT" in out
+
+
+# ------------------------------------------------------------------- MPI
+
+def compare(a, b, tol=1e-8):
+    assert abs(a["energy"] - b["energy"]) < tol * max(1.0, abs(a["energy"]))
+    np.testing.assert_allclose(a["forces"], b["forces"], atol=tol, rtol=0)
+    np.testing.assert_allclose(a["atom_energies"], b["atom_energies"], atol=tol, rtol=0)
+    np.testing.assert_allclose(a["stress"], b["stress"], atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("structure", ["loop", "periodic"])
+def test_mpi_ranks_agree(tmp_path, toy, structure):
+    path, module = toy
+    if structure == "loop":
+        atoms = ring_polymer(40, oxygen_every=5, vacuum=9.0)
+        atoms.pbc = True
+    else:
+        atoms = periodic_melt(seed=5).repeat((2, 1, 1))
+    results = {}
+    for n in (1, 2, 3):
+        results[n], out = lammps_single_point(tmp_path, atoms, path, nprocs=n,
+                                              processors=f"processors {n} 1 1")
+    e, f, s, ae = reference(module, atoms)
+    assert abs(results[1]["energy"] - e) < 1e-6
+    np.testing.assert_allclose(results[1]["forces"], f, atol=1e-6, rtol=0)
+    for n in (2, 3):
+        compare(results[1], results[n])
+
+
+def test_mpi_empty_subdomain_and_lonely_atom(tmp_path, toy):
+    """3 ranks along x; the molecule sits in one third of the box (two ranks own nothing), and
+    one oxygen atom is farther than the cutoff from everything."""
+    path, module = toy
+    from ase import Atoms
+
+    mol = ring_polymer(8, vacuum=0.0)
+    lone = Atoms("O", positions=[[mol.positions[:, 0].max() + 0.0, 0.0, mol.positions[:, 2].max() + 6.0]])
+    atoms = mol + lone
+    atoms.set_cell([60.0, 30.0, 30.0])
+    atoms.positions += np.array([2.0, 12.0, 10.0]) - atoms.positions.min(axis=0)
+    atoms.pbc = True
+    results = {}
+    for n in (1, 3):
+        results[n], out = lammps_single_point(tmp_path, atoms, path, nprocs=n,
+                                              processors=f"processors {n} 1 1")
+    e, f, s, ae = reference(module, atoms)
+    assert abs(results[1]["energy"] - e) < 1e-6
+    np.testing.assert_allclose(results[3]["forces"], f, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(results[3]["forces"][-1], 0.0, atol=1e-12)  # the lonely O
+    compare(results[1], results[3])
+
+
+def test_mpi_md_trajectories_agree(tmp_path, toy):
+    """20 NVE steps on 1 and 2 ranks (atoms migrate between subdomains): same final state."""
+    path, _ = toy
+    atoms = periodic_melt(seed=7).repeat((2, 1, 1))
+    finals = {}
+    for n in (1, 2):
+        work = tmp_path / f"md{n}"
+        work.mkdir()
+        types = write_data(atoms, work / "data.lmp")
+        deck = f"""
+units metal
+atom_style atomic
+atom_modify map yes
+processors {n} 1 1
+read_data data.lmp
+pair_style polyget {path}
+pair_coeff * * {' '.join(types)}
+neighbor 1.0 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create 600 4928459 mom yes rot no dist gaussian
+timestep 0.0005
+fix 1 all nve
+thermo_style custom step pe ke etotal
+thermo_modify format float %.17g
+run 20
+dump d all custom 1 final.dump id x y z fx fy fz
+dump_modify d sort id format float %.17g
+run 0
+"""
+        run_lammps(work, deck, nprocs=n)
+        lines = (work / "final.dump").read_text().splitlines()
+        start = lines.index(next(line for line in lines if line.startswith("ITEM: ATOMS"))) + 1
+        finals[n] = np.array([[float(x) for x in line.split()] for line in lines[start:]])
+    np.testing.assert_allclose(finals[2], finals[1], atol=1e-8, rtol=0)
+
+
+# ------------------------------------------------------------------- MD of a 15-loop
+
+NVE_DRIFT_BOUND = 2e-4  # eV/atom over 1 ps (measured ~1e-6 with dt = 0.5 fs on the toy model)
+
+
+@pytest.mark.slow
+def test_nvt_then_nve_15_loop(tmp_path, toy):
+    path, _ = toy
+    work = tmp_path / "md"
+    work.mkdir()
+    atoms = cyclooctane_15_loop()
+    atoms.pbc = True
+    types = write_data(atoms, work / "data.lmp")
+    deck = f"""
+units metal
+atom_style atomic
+atom_modify map yes
+read_data data.lmp
+pair_style polyget {path}
+pair_coeff * * {' '.join(types)}
+neighbor 1.0 bin
+velocity all create 300 12345 mom yes rot yes dist gaussian
+timestep 0.0005
+fix nvt all nvt temp 300 300 0.05
+thermo 50
+thermo_style custom step temp pe ke etotal
+thermo_modify format float %.10g
+run 400
+unfix nvt
+fix nve all nve
+thermo 10
+reset_timestep 0
+run 2000
+"""
+    _, out = run_lammps(work, deck, timeout=600)
+    blocks = re.findall(r"^\s*Step\s+Temp\s+PotEng\s+KinEng\s+TotEng\s*\n(.*?)^Loop time", out,
+                        flags=re.M | re.S)
+    assert len(blocks) == 2, out[-2000:]
+    nvt = np.array([[float(x) for x in line.split()] for line in blocks[0].strip().splitlines()])
+    nve = np.array([[float(x) for x in line.split()] for line in blocks[1].strip().splitlines()])
+    assert np.all(np.isfinite(nve))
+    assert 150 < nvt[-1, 1] < 600  # thermostatted near 300 K
+    etot = nve[:, 4]
+    drift = abs(etot[-1] - etot[0]) / len(atoms)
+    spread = (etot.max() - etot.min()) / len(atoms)
+    print(f"NVE 1 ps, 360 atoms: drift {drift:.3e} eV/atom, max-min {spread:.3e} eV/atom")
+    assert drift < NVE_DRIFT_BOUND and spread < NVE_DRIFT_BOUND
+
+
+# ------------------------------------------------------------------- bad input
+
+def expect_lammps_error(tmp_path, deck_kwargs, *fragments, model=None, atoms=None, tag="err"):
+    work = tmp_path / tag
+    work.mkdir()
+    atoms = atoms if atoms is not None else ring_polymer(6)
+    types = write_data(atoms, work / "data.lmp")
+    deck = single_point_deck(model, types, **deck_kwargs)
+    code, out = run_lammps(work, deck, check=False)
+    assert code != 0, out[-2000:]
+    assert "ERROR" in out, out[-2000:]
+    assert "Segmentation" not in out and "core dumped" not in out
+    for frag in fragments:
+        assert frag in out, out[-3000:]
+    return out
+
+
+def test_error_missing_file(tmp_path):
+    expect_lammps_error(tmp_path, {}, "cannot open model file", "nope.jit.pt",
+                        model=tmp_path / "nope.jit.pt")
+
+
+def test_error_mliap_pickle(tmp_path):
+    pkl = tmp_path / "polyget.pt"
+    torch.save({"an": "ML-IAP object stand-in", "w": torch.zeros(2)}, pkl)
+    expect_lammps_error(tmp_path, {}, "not a TorchScript file", "mliap unified", model=pkl)
+
+
+def test_error_mliap_pickle_real(tmp_path):
+    """The actual ML-IAP file from polyget's exporter, when that exporter exists."""
+    mliap = pytest.importorskip("polyget.lammps.mliap")
+    exporter = getattr(mliap, "from_torchscript", None)
+    if exporter is None:
+        pytest.skip("polyget.lammps.mliap has no from_torchscript(jit_path) helper")
+    jit = export_toy(tmp_path / "toy.jit.pt")
+    obj = exporter(str(jit))
+    pt = tmp_path / "toy.pt"
+    torch.save(obj, pt)
+    expect_lammps_error(tmp_path, {}, "not a TorchScript file", model=pt)
+
+
+def test_error_other_format_version(tmp_path):
+    path = export_toy(tmp_path / "v2.jit.pt", meta={"format_version": 2})
+    expect_lammps_error(tmp_path, {}, "format_version 2", "reads format_version 1", model=path)
+
+
+def test_error_unknown_element(tmp_path, toy):
+    path, _ = toy
+    out = expect_lammps_error(tmp_path, {"pair_coeff": "pair_coeff * * C N"},
+                              "element 'N'", "H C O", model=path)
+    assert "pair_coeff" in out
+
+
+def test_error_wrong_element_count(tmp_path, toy):
+    path, _ = toy
+    expect_lammps_error(tmp_path, {"pair_coeff": "pair_coeff * * C H O"},
+                        "found 3 element(s)", "expected: pair_coeff * *", model=path)
+
+
+def test_error_newton_off(tmp_path, toy):
+    path, _ = toy
+    expect_lammps_error(tmp_path, {"newton": "off"}, "requires newton pair on", model=path)
+
+
+def test_error_units_real(tmp_path, toy):
+    path, _ = toy
+    work = tmp_path / "real"
+    work.mkdir()
+    types = write_data(ring_polymer(6), work / "data.lmp")
+    deck = single_point_deck(path, types).replace("units metal", "units real")
+    code, out = run_lammps(work, deck, check=False)
+    assert code != 0 and "requires units metal" in out, out[-2000:]
