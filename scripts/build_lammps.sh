@@ -80,7 +80,7 @@ install_into_venv() {
     cat > "$VENV/bin/lmp" <<EOF
 #!/bin/sh
 # polyget wrapper around LAMMPS ($version); written by scripts/build_lammps.sh
-export PYTHONPATH="$SITE:$REPO/python\${PYTHONPATH:+:\$PYTHONPATH}"
+export PYTHONPATH="$REPO/python/polyget/lammps/lmp_site:$SITE:$REPO/python\${PYTHONPATH:+:\$PYTHONPATH}"
 export LD_LIBRARY_PATH="$VENV/lib${libdir:+:$libdir}${TORCH_LIB:+:$TORCH_LIB}\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 export LAMMPS_PLUGIN_PATH="$PLUGIN_DIR\${LAMMPS_PLUGIN_PATH:+:\$LAMMPS_PLUGIN_PATH}"
 exec "$lmp_bin" "\$@"
