@@ -47,7 +47,7 @@ def default_settings(method: str) -> dict:
         return {"accuracy": 1.0, "max_iterations": 250, "electronic_temperature": 300.0}
     if m == "pbe":
         return {"xc": "PBE", "basis": "def2-SVP", "density_fit": True, "conv_tol": 1e-9,
-                "max_cycle": 100, "grid_level": 3}
+                "max_cycle": 100, "grid_level": 3, "grid_response": True}
     return {}
 
 
@@ -115,7 +115,7 @@ class PySCFCalculator(Calculator):
     implemented_properties = ["energy", "forces"]
     default_parameters = {"xc": "PBE", "basis": "def2-SVP", "density_fit": True,
                           "auxbasis": None, "charge": 0, "spin": 0, "conv_tol": 1e-9,
-                          "max_cycle": 100, "grid_level": 3, "grid_response": False,
+                          "max_cycle": 100, "grid_level": 3, "grid_response": True,
                           "max_memory": 4000, "verbose": 0}
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -139,11 +139,12 @@ class PySCFCalculator(Calculator):
         if not mf.converged:
             raise CalculationFailed(f"PySCF {p['xc']} SCF not converged in {p['max_cycle']} "
                                     "cycles")
-        g = mf.nuc_grad_method()
-        g.grid_response = bool(p["grid_response"])
-        grad = g.kernel()
         self.results["energy"] = float(e) * Hartree
-        self.results["forces"] = -np.asarray(grad) * Hartree / Bohr
+        if "forces" in properties:
+            g = mf.nuc_grad_method()
+            # grid response: forces are the exact derivative of the (grid-integrated) energy
+            g.grid_response = bool(p["grid_response"])
+            self.results["forces"] = -np.asarray(g.kernel()) * Hartree / Bohr
 
 
 def set_threads(n: int = 1) -> None:

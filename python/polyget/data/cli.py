@@ -1,0 +1,232 @@
+"""`polyget data ...`: build structures, generate/label datasets, print stats, split.
+
+Until `polyget data` is wired into the top-level CLI, run ``python -m polyget.data.cli ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _ints(s: str) -> list[int]:
+    out = []
+    for tok in s.split(","):
+        tok = tok.strip()
+        if "-" in tok[1:]:
+            a, b = tok.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        elif tok:
+            out.append(int(tok))
+    return out
+
+
+def _kwargs(s: str | None) -> dict:
+    if not s:
+        return {}
+    try:
+        d = json.loads(s)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--calc-kwargs must be a JSON object, got {s!r} ({exc})")
+    if not isinstance(d, dict):
+        raise SystemExit(f"--calc-kwargs must be a JSON object, got {s!r}")
+    return d
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polyget data",
+                                description="Polymer reference data: build, label, stats.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("families", help="list the 24 Poly24 families")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("build", help="3D structures of monomers / L-loops (extxyz)")
+    s.add_argument("monomer", nargs="+", help="family index (CK1, LAC2, ...) or monomer SMILES")
+    s.add_argument("--loops", default="1", help="loop sizes, e.g. 1,3-6,15 (default 1)")
+    s.add_argument("--n-conf", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--relax", default=None, metavar="METHOD",
+                   help="short relaxation with this method (gfn2, pbe, ase:mod:Class)")
+    s.add_argument("--relax-steps", type=int, default=30)
+    s.add_argument("--calc-kwargs", default=None, help="JSON keyword arguments of the method")
+    s.add_argument("-o", "--out", required=True, help="output .extxyz")
+
+    s = sub.add_parser("generate", help="build + sample (MD, rattle) + label, resumable")
+    s.add_argument("--preset", choices=["mini", "full"], default=None)
+    s.add_argument("--families", default=None, help="'all', a category, or CK1,LAC2,...")
+    s.add_argument("--loops", default=None, help="e.g. 1-6")
+    s.add_argument("--method", default=None, help="gfn2 (default), pbe, ase:module:Class")
+    s.add_argument("--calc-kwargs", default=None)
+    s.add_argument("--n-conf", type=int, default=None)
+    s.add_argument("--md-frames", type=int, default=None)
+    s.add_argument("--rattle-frames", type=int, default=None)
+    s.add_argument("--stride", type=int, default=None)
+    s.add_argument("--equil-steps", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--name", default=None)
+    s.add_argument("--pbe-frames", type=int, default=None,
+                   help="also label this many small frames with PBE (held-out DFT check); "
+                        "the full preset uses 520")
+    s.add_argument("--pbe-max-atoms", type=int, default=30)
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads per worker")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("-o", "--out", required=True, help="output directory")
+
+    s = sub.add_parser("label", help="(re)label the frames of a file; resumable")
+    s.add_argument("input")
+    s.add_argument("--method", required=True, help="gfn2, pbe, ase:module:Class")
+    s.add_argument("--calc-kwargs", default=None)
+    s.add_argument("--max-atoms", type=int, default=None)
+    s.add_argument("--n-frames", type=int, default=None,
+                   help="label only this many frames, spread over (family, loop)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("-o", "--out", required=True, help="output .extxyz (appended)")
+
+    s = sub.add_parser("stats", help="counts, energy and force distributions (Fig. 2 plot)")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--plot", default=None, help="write the per-family Fig. 2 plot here (.png)")
+    s.add_argument("--json", default=None, help="also write the table as JSON")
+
+    s = sub.add_parser("split", help="train/val/test splits by loop size and family")
+    s.add_argument("input")
+    s.add_argument("--test-loops", default="6")
+    s.add_argument("--md-only-loops", default="15")
+    s.add_argument("--heldout-families", default="")
+    s.add_argument("--val-fraction", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--out", required=True, help="output directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, KeyError) as exc:
+        from .build import BuildError
+
+        if isinstance(exc, (BuildError, KeyError, ValueError)):
+            print(f"polyget data {args.cmd}: error: {exc.args[0] if exc.args else exc}",
+                  file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(args) -> int:
+    if args.cmd == "families":
+        from .families import FAMILIES
+        from .build import repeat_unit_smiles
+
+        if args.json:
+            import dataclasses
+            print(json.dumps([dataclasses.asdict(f) for f in FAMILIES.values()], indent=1))
+            return 0
+        print(f"{'index':6s} {'category':11s} {'atoms':>5s}  {'name':38s} {'SMILES':28s} repeat unit")
+        for f in FAMILIES.values():
+            print(f"{f.index:6s} {f.category:11s} {f.n_atoms:5d}  {f.name:38s} {f.smiles:28s} "
+                  f"{repeat_unit_smiles(f.smiles)}")
+        return 0
+
+    if args.cmd == "build":
+        from . import io as dio
+        from .build import build, relax
+
+        calc = None
+        if args.relax:
+            from .labels import make_calculator
+            calc = make_calculator(args.relax, **_kwargs(args.calc_kwargs))
+        frames = []
+        for mono in args.monomer:
+            for L in _ints(args.loops):
+                for at in build(mono, L, n_conf=args.n_conf, seed=args.seed):
+                    if calc is not None:
+                        at = relax(at, calc, steps=args.relax_steps)
+                    frames.append(at)
+                    print(f"{at.info['family']:6s} L={L:<3d} conf {at.info['conformer']}: "
+                          f"{len(at)} atoms {at.get_chemical_formula()}")
+        dio.write_frames(args.out, frames)
+        print(f"wrote {len(frames)} structures to {args.out}")
+        return 0
+
+    if args.cmd == "generate":
+        from .runner import FULL_PBE, PRESETS, SampleConfig, generate, label_file
+
+        cfg = SampleConfig(**PRESETS[args.preset]) if args.preset else SampleConfig()
+        if args.families:
+            cfg.families = [args.families]
+        if args.loops:
+            cfg.loops = _ints(args.loops)
+        for name in ("method", "n_conf", "md_frames", "rattle_frames", "stride",
+                     "equil_steps", "seed", "name"):
+            v = getattr(args, name)
+            if v is not None:
+                setattr(cfg, name, v)
+        if args.calc_kwargs:
+            cfg.calc_kwargs = _kwargs(args.calc_kwargs)
+        from .labels import make_calculator
+        make_calculator(cfg.method, **cfg.calc_kwargs)  # fail early on a bad method
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+        man = generate(cfg, args.out, workers=args.workers, threads=args.threads,
+                       progress_bar=not args.no_progress)
+        print(f"{man['n_frames']} frames ({man['n_failed']} failed, skipped) -> "
+              f"{os.path.join(args.out, man['file'])}")
+        pbe_n = args.pbe_frames
+        if pbe_n is None and args.preset == "full":
+            pbe_n = FULL_PBE["n_frames"]
+        if pbe_n:
+            res = label_file(os.path.join(args.out, man["file"]),
+                             os.path.join(args.out, f"{cfg.name}-pbe.extxyz"), "pbe",
+                             workers=args.workers, threads=args.threads,
+                             max_atoms=args.pbe_max_atoms, n_frames=pbe_n, seed=cfg.seed,
+                             progress_bar=not args.no_progress)
+            print(f"PBE: {res}")
+        return 0
+
+    if args.cmd == "label":
+        from .runner import label_file
+
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+        res = label_file(args.input, args.out, args.method, _kwargs(args.calc_kwargs),
+                         workers=args.workers, threads=args.threads, max_atoms=args.max_atoms,
+                         n_frames=args.n_frames, seed=args.seed,
+                         progress_bar=not args.no_progress)
+        print(json.dumps(res))
+        return 0 if res["failed"] == 0 else 1
+
+    if args.cmd == "stats":
+        from .stats import format_table, load, plot_fig2, summarize
+
+        frames = load(args.files)
+        rows = summarize(frames)
+        print(format_table(rows))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=1)
+        if args.plot:
+            plot_fig2(frames, args.plot)
+            print(f"wrote {args.plot}")
+        return 0
+
+    if args.cmd == "split":
+        from .splits import write_splits
+
+        counts = write_splits(args.input, args.out, test_loops=_ints(args.test_loops),
+                              md_only_loops=_ints(args.md_only_loops) if args.md_only_loops
+                              else [],
+                              heldout_families=[f for f in args.heldout_families.split(",")
+                                                if f],
+                              val_fraction=args.val_fraction, seed=args.seed)
+        print(json.dumps(counts))
+        return 0
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Dataset statistics: counts, energy and force distributions per family and loop size, and the
+paper's Fig. 2 (per-atom energy vs force distributions per family)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+
+def load(paths) -> list:
+    from .io import read_frames
+
+    out = []
+    for p in paths:
+        out.extend(read_frames(p))
+    return out
+
+
+def _key(a):
+    return str(a.info.get("family", "?")), int(a.info.get("loop", 0))
+
+
+def summarize(frames) -> list[dict]:
+    """One row per (family, loop): frames, atoms, energy per atom (mean, std), |F| (mean, max),
+    plus a final 'ALL' row."""
+    groups = defaultdict(list)
+    for a in frames:
+        groups[_key(a)].append(a)
+    rows = []
+
+    def row(fam, loop, fr):
+        epa = np.array([a.get_potential_energy() / len(a) for a in fr])
+        fn = np.concatenate([np.linalg.norm(a.get_forces(), axis=1) for a in fr])
+        nat = sorted({len(a) for a in fr})
+        return {"family": fam, "loop": loop, "frames": len(fr),
+                "atoms": nat[0] if len(nat) == 1 else f"{nat[0]}-{nat[-1]}",
+                "e_per_atom_mean": float(epa.mean()), "e_per_atom_std": float(epa.std()),
+                "force_mean": float(fn.mean()), "force_rms": float(np.sqrt((fn ** 2).mean())),
+                "force_max": float(fn.max())}
+
+    for fam, loop in sorted(groups):
+        rows.append(row(fam, loop, groups[(fam, loop)]))
+    if frames:
+        rows.append(row("ALL", -1, frames))
+    return rows
+
+
+def format_table(rows) -> str:
+    head = (f"{'family':6s} {'loop':>4s} {'frames':>6s} {'atoms':>7s} {'E/atom eV':>11s} "
+            f"{'std':>7s} {'|F| mean':>8s} {'|F| rms':>8s} {'|F| max':>8s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        loop = "all" if r["loop"] == -1 else str(r["loop"])
+        lines.append(f"{r['family']:6s} {loop:>4s} {r['frames']:6d} {str(r['atoms']):>7s} "
+                     f"{r['e_per_atom_mean']:11.4f} {r['e_per_atom_std']:7.4f} "
+                     f"{r['force_mean']:8.3f} {r['force_rms']:8.3f} {r['force_max']:8.3f}")
+    return "\n".join(lines)
+
+
+def plot_fig2(frames, path: str) -> None:
+    """Per family: per-atom energy (relative to the family's mean) against mean |F| per frame,
+    with marginal histograms of both (the paper's Fig. 2 idea)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(list)
+    for a in frames:
+        groups[str(a.info.get("family", "?"))].append(a)
+    fams = sorted(groups)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    cmap = plt.get_cmap("tab20")
+    for i, f in enumerate(fams):
+        fr = groups[f]
+        epa = np.array([a.get_potential_energy() / len(a) for a in fr])
+        epa = epa - epa.mean()
+        fm = np.array([np.linalg.norm(a.get_forces(), axis=1).mean() for a in fr])
+        fn = np.concatenate([np.linalg.norm(a.get_forces(), axis=1) for a in fr])
+        c = cmap(i % 20)
+        axes[0].scatter(epa, fm, s=6, color=c, label=f, alpha=0.7)
+        axes[1].hist(epa, bins=30, histtype="step", color=c, density=True)
+        axes[2].hist(fn, bins=40, histtype="step", color=c, density=True)
+    axes[0].set_xlabel("per-atom energy - family mean (eV/atom)")
+    axes[0].set_ylabel("mean |F| per frame (eV/A)")
+    axes[1].set_xlabel("per-atom energy - family mean (eV/atom)")
+    axes[1].set_ylabel("density")
+    axes[2].set_xlabel("|F| per atom (eV/A)")
+    axes[2].set_ylabel("density")
+    axes[0].legend(fontsize=7, ncol=2)
+    method = frames[0].info.get("method", "") if frames else ""
+    fig.suptitle(f"Energy and force distributions per family ({method}, {len(frames)} frames)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
