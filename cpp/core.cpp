@@ -283,7 +283,8 @@ void Model::ensure_capacity(int64_t natoms, int64_t nedges) {
 }
 
 void Model::check_inputs(int64_t natoms, const int64_t *species, int64_t nedges,
-                         const int64_t *edge_i, const int64_t *edge_j, int64_t nlocal) const {
+                         const int64_t *edge_i, const int64_t *edge_j, const double *edge_vec,
+                         int64_t nlocal) const {
   if (natoms < 0 || nedges < 0)
     throw ModelError("negative atom or edge count");
   if (nlocal < 0 || nlocal > natoms)
@@ -300,16 +301,19 @@ void Model::check_inputs(int64_t natoms, const int64_t *species, int64_t nedges,
       throw ModelError("edge " + std::to_string(k) + " (" + std::to_string(edge_i[k]) + ", " +
                        std::to_string(edge_j[k]) + ") refers to an atom outside 0.." +
                        std::to_string(natoms - 1));
-    if (edge_i[k] == edge_j[k])
-      throw ModelError("edge " + std::to_string(k) + " is a self pair (" +
-                       std::to_string(edge_i[k]) + ", " + std::to_string(edge_j[k]) +
-                       "); the edge list must not contain i == j");
+    // i == j is a periodic self-image (allowed); a zero-length edge is not
+    const double *v = edge_vec + 3 * k;
+    if (v[0] * v[0] + v[1] * v[1] + v[2] * v[2] < 1e-20)
+      throw ModelError("edge " + std::to_string(k) + " (" + std::to_string(edge_i[k]) + ", " +
+                       std::to_string(edge_j[k]) + ") has zero length: overlapping atoms, or a "
+                       "self pair i == j without a periodic shift (the edge list must not "
+                       "contain those)");
   }
 }
 
 void Model::compute(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
                     const int64_t *edge_j, const double *edge_vec, int64_t nlocal, bool want_fij) {
-  check_inputs(natoms, species, nedges, edge_i, edge_j, nlocal);
+  check_inputs(natoms, species, nedges, edge_i, edge_j, edge_vec, nlocal);
   ensure_capacity(natoms, nedges);
   natoms_ = natoms;
   nedges_ = nedges;

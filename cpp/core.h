@@ -91,7 +91,8 @@ class Model {
  private:
   void ensure_capacity(int64_t natoms, int64_t nedges);
   void check_inputs(int64_t natoms, const int64_t *species, int64_t nedges,
-                    const int64_t *edge_i, const int64_t *edge_j, int64_t nlocal) const;
+                    const int64_t *edge_i, const int64_t *edge_j, const double *edge_vec,
+                    int64_t nlocal) const;
   void debug_dump(const torch::Tensor &species, const torch::Tensor &edge_index,
                   const torch::Tensor &edge_vec, int64_t nlocal);
 

@@ -32,12 +32,14 @@
 using namespace LAMMPS_NS;
 
 static const char *const SYNTAX_STYLE =
-    "expected: pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N]";
+    "expected: pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N] "
+    "[ghosts auto|halo|fold]";
 
 /* ---------------------------------------------------------------------- */
 
 PairPolyGET::PairPolyGET(LAMMPS *lmp) :
-    Pair(lmp), device_request("auto"), nthreads_request(-1), cutoff(0.0), halo(0.0), map(nullptr)
+    Pair(lmp), device_request("auto"), nthreads_request(-1), cutoff(0.0), halo(0.0),
+    ghost_mode(GHOSTS_AUTO), use_fold(false), map(nullptr)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -75,11 +77,8 @@ void PairPolyGET::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
 
-  double **x = atom->x;
   double **f = atom->f;
-  int *type = atom->type;
   const int nlocal = atom->nlocal;
-  const int ntotal = nlocal + atom->nghost;
 
   // an empty subdomain has no energy and no forces to give
   if (nlocal == 0) {
@@ -87,45 +86,16 @@ void PairPolyGET::compute(int eflag, int vflag)
     return;
   }
 
-  // species of owned and ghost atoms
-  species.resize(ntotal);
-  for (int i = 0; i < ntotal; i++) species[i] = map[type[i]];
-
-  // edges from the full neighbour list of owned and ghost atoms, within the model cutoff
-  const int inum = list->inum;
-  const int gnum = list->gnum;
-  int *ilist = list->ilist;
-  int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
-  const double cutsq_model = cutoff * cutoff;
-
-  edge_i.clear();
-  edge_j.clear();
-  edge_vec.clear();
-  for (int ii = 0; ii < inum + gnum; ii++) {
-    const int i = ilist[ii];
-    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
-    const int *jlist = firstneigh[i];
-    const int jnum = numneigh[i];
-    for (int jj = 0; jj < jnum; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      const double dx = x[j][0] - xi;
-      const double dy = x[j][1] - yi;
-      const double dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz < cutsq_model) {
-        edge_i.push_back(i);
-        edge_j.push_back(j);
-        edge_vec.push_back(dx);
-        edge_vec.push_back(dy);
-        edge_vec.push_back(dz);
-      }
-    }
-  }
+  if (use_fold)
+    build_edges_fold();
+  else
+    build_edges_halo();
+  const int64_t natoms = static_cast<int64_t>(species.size());
   const int64_t nedges = static_cast<int64_t>(edge_i.size());
 
   // run the model; exceptions here can be rank-specific, so error->one (error->all would hang)
   try {
-    model->compute(ntotal, species.data(), nedges, edge_i.data(), edge_j.data(), edge_vec.data(),
+    model->compute(natoms, species.data(), nedges, edge_i.data(), edge_j.data(), edge_vec.data(),
                    nlocal, true);
   } catch (std::exception &e) {
     error->one(FLERR, std::string("pair_style polyget: model evaluation failed: ") + e.what());
@@ -135,7 +105,7 @@ void PairPolyGET::compute(int eflag, int vflag)
   const double *fij = model->fij();
   for (int64_t k = 0; k < nedges; k++) {
     const int i = static_cast<int>(edge_i[k]);
-    const int j = static_cast<int>(edge_j[k]);
+    const int j = force_j[k];
     const double *g = fij + 3 * k;
     f[i][0] += g[0];
     f[i][1] += g[1];
@@ -164,11 +134,113 @@ void PairPolyGET::compute(int eflag, int vflag)
         for (int c = 0; c < 6; c++) virial[c] += v[c];
       if (vflag_atom) {
         const int i = static_cast<int>(edge_i[k]);
-        const int j = static_cast<int>(edge_j[k]);
+        const int j = force_j[k];
         for (int c = 0; c < 6; c++) {
           vatom[i][c] += 0.5 * v[c];
           vatom[j][c] += 0.5 * v[c];
         }
+      }
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   halo mode (any number of ranks): the model runs on owned + ghost atoms; edges from the full
+   neighbour lists of both (ghost atoms out to num_layers * cutoff), within the model cutoff
+------------------------------------------------------------------------- */
+
+void PairPolyGET::build_edges_halo()
+{
+  double **x = atom->x;
+  const int *type = atom->type;
+  const int ntotal = atom->nlocal + atom->nghost;
+
+  species.resize(ntotal);
+  for (int i = 0; i < ntotal; i++) species[i] = map[type[i]];
+
+  const int inum = list->inum;
+  const int gnum = list->gnum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double cutsq_model = cutoff * cutoff;
+
+  edge_i.clear();
+  edge_j.clear();
+  force_j.clear();
+  edge_vec.clear();
+  for (int ii = 0; ii < inum + gnum; ii++) {
+    const int i = ilist[ii];
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[j][0] - xi;
+      const double dy = x[j][1] - yi;
+      const double dz = x[j][2] - zi;
+      if (dx * dx + dy * dy + dz * dz < cutsq_model) {
+        edge_i.push_back(i);
+        edge_j.push_back(j);
+        force_j.push_back(j);
+        edge_vec.push_back(dx);
+        edge_vec.push_back(dy);
+        edge_vec.push_back(dz);
+      }
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   fold mode (one rank): the model runs on owned atoms only; a neighbour that is a periodic
+   image (ghost) is replaced by its owned original (atom map), keeping the image's edge vector.
+   -fij still goes to the ghost image, so reverse comm and the fdotr virial stay right.
+------------------------------------------------------------------------- */
+
+void PairPolyGET::build_edges_fold()
+{
+  double **x = atom->x;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+  const int nlocal = atom->nlocal;
+
+  species.resize(nlocal);
+  for (int i = 0; i < nlocal; i++) species[i] = map[type[i]];
+
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double cutsq_model = cutoff * cutoff;
+
+  edge_i.clear();
+  edge_j.clear();
+  force_j.clear();
+  edge_vec.clear();
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[j][0] - xi;
+      const double dy = x[j][1] - yi;
+      const double dz = x[j][2] - zi;
+      if (dx * dx + dy * dy + dz * dz < cutsq_model) {
+        int jown = j;
+        if (j >= nlocal) {
+          jown = atom->map(tag[j]);
+          if (jown < 0 || jown >= nlocal)
+            error->one(FLERR, "pair_style polyget (ghosts fold): ghost atom {} has no owned "
+                              "original on this rank; use 'ghosts halo'", tag[j]);
+        }
+        edge_i.push_back(i);
+        edge_j.push_back(jown);
+        force_j.push_back(j);
+        edge_vec.push_back(dx);
+        edge_vec.push_back(dy);
+        edge_vec.push_back(dz);
       }
     }
   }
@@ -202,6 +274,7 @@ void PairPolyGET::settings(int narg, char **arg)
   std::string path = arg[0];
   std::string device = "auto";
   int nthreads = -1;
+  int ghosts = GHOSTS_AUTO;
   int iarg = 1;
   while (iarg < narg) {
     if (strcmp(arg[iarg], "device") == 0) {
@@ -214,6 +287,19 @@ void PairPolyGET::settings(int narg, char **arg)
         error->all(FLERR, std::string("pair_style polyget: threads needs a value; ") + SYNTAX_STYLE);
       nthreads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
       if (nthreads < 1) error->all(FLERR, "pair_style polyget: threads must be >= 1");
+      iarg += 2;
+    } else if (strcmp(arg[iarg], "ghosts") == 0) {
+      if (iarg + 2 > narg)
+        error->all(FLERR, std::string("pair_style polyget: ghosts needs a value; ") + SYNTAX_STYLE);
+      if (strcmp(arg[iarg + 1], "auto") == 0)
+        ghosts = GHOSTS_AUTO;
+      else if (strcmp(arg[iarg + 1], "halo") == 0)
+        ghosts = GHOSTS_HALO;
+      else if (strcmp(arg[iarg + 1], "fold") == 0)
+        ghosts = GHOSTS_FOLD;
+      else
+        error->all(FLERR, std::string("pair_style polyget: ghosts must be auto, halo or fold, not '") +
+                              arg[iarg + 1] + "'");
       iarg += 2;
     } else {
       error->all(FLERR, std::string("pair_style polyget: unknown keyword '") + arg[iarg] + "'; " +
@@ -234,6 +320,7 @@ void PairPolyGET::settings(int narg, char **arg)
 
   // torch intra-op threads per rank: `threads N`, else LAMMPS's (OMP_NUM_THREADS, default 1)
   nthreads_request = nthreads;
+  ghost_mode = ghosts;
   at::set_num_threads(nthreads > 0 ? nthreads : std::max(1, comm->nthreads));
 
   model.reset();
@@ -321,6 +408,27 @@ void PairPolyGET::init_style()
                                   "and Angstrom); found units ") + update->unit_style +
                           ": use 'units metal'");
 
+  // one rank with an atom map: fold periodic images onto owned atoms (model on N atoms only);
+  // otherwise ghost atoms out to num_layers * cutoff with their own neighbour lists
+  const bool have_map = atom->map_style != Atom::MAP_NONE;
+  if (ghost_mode == GHOSTS_FOLD && comm->nprocs > 1)
+    error->all(FLERR, "pair_style polyget: ghosts fold works on one MPI rank only; use ghosts halo "
+                      "(or auto) with several ranks");
+  if (ghost_mode == GHOSTS_FOLD && !have_map)
+    error->all(FLERR, "pair_style polyget: ghosts fold needs an atom map: add 'atom_modify map yes' "
+                      "before read_data/create_box");
+  use_fold = (ghost_mode == GHOSTS_FOLD) ||
+      (ghost_mode == GHOSTS_AUTO && comm->nprocs == 1 && have_map);
+
+  if (use_fold) {
+    ghostneigh = 0;
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+    if (comm->me == 0)
+      utils::logmesg(lmp, "pair_style polyget: one rank, periodic images folded onto owned atoms\n");
+    return;
+  }
+
+  ghostneigh = 1;
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
   // ghost atoms out to num_layers * cutoff (+ skin): set the comm cutoff if the user's is shorter
@@ -348,7 +456,7 @@ double PairPolyGET::init_one(int i, int j)
   if (setflag[i][j] == 0)
     error->all(FLERR, "pair_style polyget: pair_coeff not set; expected: pair_coeff * * "
                       "<element per type> (model elements: " + model->metadata().elements_string() + ")");
-  cutghost[i][j] = cutghost[j][i] = cutoff;
+  if (cutghost) cutghost[i][j] = cutghost[j][i] = cutoff;
   return cutoff;
 }
 
@@ -359,6 +467,7 @@ double PairPolyGET::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += (double) species.capacity() * sizeof(int64_t);
   bytes += (double) (edge_i.capacity() + edge_j.capacity()) * sizeof(int64_t);
+  bytes += (double) force_j.capacity() * sizeof(int);
   bytes += (double) edge_vec.capacity() * sizeof(double);
   return bytes;
 }

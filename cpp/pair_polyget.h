@@ -2,6 +2,7 @@
    polyget: LAMMPS pair style running an exported polyget TorchScript model
 
      pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N]
+                        [ghosts auto|halo|fold]
      pair_coeff * * <element of type 1> <element of type 2> ...
 
    Built as a plugin (cpp/pair_polyget_plugin.cpp); see README "LAMMPS".
@@ -37,6 +38,8 @@ class PairPolyGET : public Pair {
 
  protected:
   void allocate();
+  void build_edges_halo();
+  void build_edges_fold();
   [[noreturn]] void model_error_all(const std::string &where, const std::string &what);
 
   std::unique_ptr<polyget::Model> model;
@@ -45,11 +48,15 @@ class PairPolyGET : public Pair {
   int nthreads_request;    // -1: LAMMPS's own thread count (OMP_NUM_THREADS / package omp)
   double cutoff;           // model cutoff (Angstrom)
   double halo;             // num_layers * cutoff: ghost atoms needed around a subdomain
+  enum { GHOSTS_AUTO, GHOSTS_HALO, GHOSTS_FOLD };
+  int ghost_mode;          // requested
+  bool use_fold;           // chosen in init_style
   int *map;                // LAMMPS type -> model element index
   std::vector<std::string> type_elements;    // element of each type (for messages)
 
   // edge list buffers, reused every step (they only grow)
   std::vector<int64_t> species, edge_i, edge_j;
+  std::vector<int> force_j;    // LAMMPS index that receives -fij (the ghost image in fold mode)
   std::vector<double> edge_vec;
 };
 

@@ -63,9 +63,21 @@ def check_against_reference(model, module, atoms, elements, cutoff):
 
 # ----------------------------------------------------------------------------- toy model
 
-@pytest.mark.parametrize("structure", ["isolated", "periodic"])
+def small_cell():
+    """A cell shorter than the cutoff: atoms see their own periodic images (i == j edges)."""
+    from ase import Atoms
+
+    return Atoms("CH2O", positions=[[0, 0, 0], [1.09, 0, 0], [-0.4, 1.0, 0.2], [0.3, -0.5, 1.4]],
+                 cell=[3.3, 3.6, 3.9], pbc=True)
+
+
+STRUCTURES = {"isolated": lambda: ring_polymer(20, oxygen_every=4), "periodic": periodic_melt,
+              "small_cell": small_cell}
+
+
+@pytest.mark.parametrize("structure", sorted(STRUCTURES))
 def test_toy_matches_python(toy_path, structure):
-    atoms = ring_polymer(20, oxygen_every=4) if structure == "isolated" else periodic_melt()
+    atoms = STRUCTURES[structure]()
     model = NativeModel(toy_path)
     module = torch.jit.load(str(toy_path))
     assert model.elements == TOY_ELEMENTS and model.cutoff == 4.0 and model.num_layers == 2
@@ -264,8 +276,10 @@ def test_bad_inputs(toy_path):
         model.compute(np.array([0, 7]), ei, vec)
     with pytest.raises(ModelError, match="refers to an atom outside"):
         model.compute(np.array([0, 1]), np.array([[0, 2], [1, 0]]), vec)
-    with pytest.raises(ModelError, match="self pair"):
-        model.compute(np.array([0, 1]), np.array([[0, 1], [0, 0]]), vec)
+    with pytest.raises(ModelError, match="zero length"):
+        model.compute(np.array([0, 1]), np.array([[0, 1], [0, 0]]), np.array([[0.0, 0, 0], [-1.0, 0, 0]]))
+    # a periodic self-image (i == j, non-zero vector) is a legitimate edge
+    model.compute(np.array([0, 1]), np.array([[0, 1], [0, 1]]), vec)
     with pytest.raises(ModelError, match=r"edge_vec must have shape \[E, 3\]"):
         model.compute(np.array([0, 1]), ei, vec[:1])
     with pytest.raises(ModelError, match="nlocal"):
