@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ class ToyMessagePassing(torch.nn.Module):
     def __init__(self, n_elements: int = 3, cutoff: float = 4.0, num_layers: int = 2,
                  dtype: torch.dtype = torch.float64):
         super().__init__()
+        self.elements: List[str] = TOY_ELEMENTS[:n_elements]
         self.cutoff = float(cutoff)
         self.num_layers = int(num_layers)
         self.register_buffer("offset", torch.linspace(-1.0, -3.0, n_elements, dtype=dtype))

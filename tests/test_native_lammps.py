@@ -192,6 +192,39 @@ def test_matches_ase_calculator_on_polyget_network(tmp_path):
     np.testing.assert_allclose(res["atom_energies"], atoms.get_potential_energies(), atol=1e-6, rtol=0)
 
 
+def mliap_single_point(workdir, pt, atoms, nprocs, skin=1.0, comm_cut=10.0):
+    """The same `run 0` through pair_style mliap unified (ghostneigh 1 + comm cutoff)."""
+    workdir.mkdir()
+    types = write_data(atoms, workdir / "data.lmp")
+    deck = single_point_deck(pt, types, processors=f"processors {nprocs} 1 1" if nprocs > 1 else "")
+    deck = deck.replace(f"pair_style polyget {pt}", f"pair_style mliap unified {pt} 1\ncomm_modify cutoff {comm_cut}")
+    _, out = run_lammps(workdir, deck, nprocs=nprocs)
+    return parse_single_point(workdir, out)
+
+
+@pytest.mark.parametrize("which", ["toy", "network"])
+def test_matches_mliap_unified(tmp_path, which):
+    """pair_style polyget == pair_style mliap unified (same export, 1 and 2 ranks)."""
+    export = pytest.importorskip("polyget.export")
+    if which == "toy":
+        model = ToyMessagePassing(3, cutoff=4.0, num_layers=2)
+    else:
+        from test_native_core import small_polyget
+
+        model = small_polyget()
+    pt, jit = export.export_model(model, tmp_path / f"{which}.pt", dtype="float64")
+    atoms = periodic_melt(seed=11).repeat((2, 1, 1))
+    for n in (1, 2):
+        ours, _ = lammps_single_point(tmp_path, atoms, jit, nprocs=n, tag=f"{which}-polyget",
+                                      processors=f"processors {n} 1 1" if n > 1 else "")
+        theirs = mliap_single_point(tmp_path / f"{which}-mliap-np{n}", pt, atoms, n,
+                                    comm_cut=2 * model.cutoff + 1.0)
+        assert abs(ours["energy"] - theirs["energy"]) < 1e-6
+        np.testing.assert_allclose(ours["forces"], theirs["forces"], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(ours["atom_energies"], theirs["atom_energies"], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(ours["stress"], theirs["stress"], atol=1e-8, rtol=0)
+
+
 def test_plugin_load_command(tmp_path, toy):
     """Without LAMMPS_PLUGIN_PATH, `plugin load` works too."""
     path, _ = toy
