@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads per worker")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--blas-preload", default=os.environ.get("POLYGET_BLAS_PRELOAD"),
+                   help="BLAS library preloaded in worker processes (e.g. Debian's "
+                        "libopenblas.so.0; default $POLYGET_BLAS_PRELOAD)")
     s.add_argument("-o", "--out", required=True, help="output directory")
 
     s = sub.add_parser("label", help="(re)label the frames of a file; resumable")
@@ -87,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--blas-preload", default=os.environ.get("POLYGET_BLAS_PRELOAD"))
     s.add_argument("-o", "--out", required=True, help="output .extxyz (appended)")
 
     s = sub.add_parser("stats", help="counts, energy and force distributions (Fig. 2 plot)")
@@ -174,7 +178,7 @@ def _dispatch(args) -> int:
         make_calculator(cfg.method, **cfg.calc_kwargs)  # fail early on a bad method
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
         man = generate(cfg, args.out, workers=args.workers, threads=args.threads,
-                       progress_bar=not args.no_progress)
+                       progress_bar=not args.no_progress, blas_preload=args.blas_preload)
         print(f"{man['n_frames']} frames ({man['n_failed']} failed, skipped) -> "
               f"{os.path.join(args.out, man['file'])}")
         pbe_n = args.pbe_frames
@@ -185,7 +189,8 @@ def _dispatch(args) -> int:
                              os.path.join(args.out, f"{cfg.name}-pbe.extxyz"), "pbe",
                              workers=args.workers, threads=args.threads,
                              max_atoms=args.pbe_max_atoms, n_frames=pbe_n, seed=cfg.seed,
-                             progress_bar=not args.no_progress)
+                             progress_bar=not args.no_progress,
+                             blas_preload=args.blas_preload)
             print(f"PBE: {res}")
         return 0
 
@@ -196,7 +201,7 @@ def _dispatch(args) -> int:
         res = label_file(args.input, args.out, args.method, _kwargs(args.calc_kwargs),
                          workers=args.workers, threads=args.threads, max_atoms=args.max_atoms,
                          n_frames=args.n_frames, seed=args.seed,
-                         progress_bar=not args.no_progress)
+                         progress_bar=not args.no_progress, blas_preload=args.blas_preload)
         print(json.dumps(res))
         return 0 if res["failed"] == 0 else 1
 

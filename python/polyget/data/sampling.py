@@ -54,8 +54,12 @@ def md_frames(atoms0: Atoms, calc, *, temperature_K: float, n_frames: int, strid
     Raises TrajectoryStopped when the reference calculation fails or the molecule breaks.
     """
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import (MaxwellBoltzmannDistribution, Stationary,
-                                             ZeroRotation)
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
+
+    try:  # ASE >= 3.27
+        from ase.md.velocitydistribution import thermalize_momenta as _mb
+    except ImportError:  # pragma: no cover
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _mb
 
     timer = timer if timer is not None else {}
     timer.setdefault("calls", 0)
@@ -91,7 +95,7 @@ def md_frames(atoms0: Atoms, calc, *, temperature_K: float, n_frames: int, strid
         step = int(resume.info["step"])
     else:
         rng = np.random.default_rng([seed, traj, 1_000_003])
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+        _mb(atoms, temperature_K=temperature_K, rng=rng)
         Stationary(atoms)
         ZeroRotation(atoms)
         e, f = forces_now()
