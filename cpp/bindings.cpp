@@ -75,6 +75,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("elements", [](const polyget::Model &mdl) { return mdl.metadata().elements; })
       .def_property_readonly("cutoff", [](const polyget::Model &mdl) { return mdl.metadata().cutoff; })
       .def_property_readonly("num_layers", [](const polyget::Model &mdl) { return mdl.metadata().num_layers; })
+      .def_property_readonly("receptive_hops", [](const polyget::Model &mdl) { return mdl.metadata().receptive_hops; })
       .def_property_readonly("dtype", [](const polyget::Model &mdl) { return mdl.metadata().dtype; })
       .def_property_readonly("metadata_json", [](const polyget::Model &mdl) { return mdl.metadata().json; })
       .def_property_readonly("num_allocations", &polyget::Model::num_allocations)

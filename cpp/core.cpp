@@ -132,6 +132,14 @@ Metadata parse_metadata(const std::string &json_text, const std::string &path) {
   if (!nl.is_integer || nl.number < 1)
     throw ModelError(path + ": metadata.json num_layers must be an integer >= 1; " + kExportHint);
   m.num_layers = static_cast<int>(nl.number);
+  m.receptive_hops = m.num_layers + 1;
+  if (root.has("receptive_hops")) {
+    const json::Value &rh = root.at("receptive_hops");
+    if (rh.kind != json::Value::Kind::Number || !rh.is_integer || rh.number < 1)
+      throw ModelError(path + ": metadata.json receptive_hops must be an integer >= 1; " +
+                       kExportHint);
+    m.receptive_hops = static_cast<int>(rh.number);
+  }
 
   m.dtype = need("dtype", json::Value::Kind::String).string;
   if (m.dtype != "float64" && m.dtype != "float32")

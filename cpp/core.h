@@ -35,6 +35,11 @@ struct Metadata {
   std::vector<std::string> elements;
   double cutoff = 0.0;
   int num_layers = 0;
+  // how many cutoff radii an atom's energy reaches: metadata "receptive_hops" when present, else
+  // num_layers + 1 (PolyGET's neighbour embedding is one more message-passing step before the
+  // num_layers attention layers: checked numerically, an atom's energy depends on atoms
+  // num_layers + 1 edges away)
+  int receptive_hops = 0;
   std::string dtype;  // "float64" or "float32"
   std::string energy_unit;
   std::string length_unit;
@@ -46,8 +51,8 @@ struct Metadata {
   int element_index(const std::string &symbol) const;
   // "H C O"
   std::string elements_string() const;
-  // radius a message-passing model needs around a domain: num_layers * cutoff
-  double interaction_range() const { return num_layers * cutoff; }
+  // radius of the halo a domain needs: receptive_hops * cutoff
+  double interaction_range() const { return receptive_hops * cutoff; }
 };
 
 // Parse and check metadata.json; `path` only names the file in messages.

@@ -1,9 +1,10 @@
 /* ----------------------------------------------------------------------
    polyget: LAMMPS pair style for exported polyget TorchScript models.
 
-   The model is a message-passing network with num_layers layers of cutoff rc. Exact results on
-   any number of MPI ranks ("first way" of docs/DESIGN.md): every rank holds ghost atoms out to
-   num_layers * rc (+ skin), runs the model on owned + ghost atoms with a full neighbour list that
+   The model is a message-passing network of cutoff rc whose energies reach receptive_hops edges
+   (metadata "receptive_hops", default num_layers + 1: PolyGET's neighbour embedding is one hop
+   before the num_layers attention layers). Exact results on any number of MPI ranks ("first
+   way" of docs/DESIGN.md): every rank holds ghost atoms out to receptive_hops * rc (+ skin), runs the model on owned + ghost atoms with a full neighbour list that
    includes the ghosts' neighbours, sums the energies of its owned atoms only, and puts
    fij = d(E_owned)/d(r_j - r_i) on i and j; LAMMPS reverse-communicates the ghost forces.
 ------------------------------------------------------------------------- */
@@ -146,7 +147,7 @@ void PairPolyGET::compute(int eflag, int vflag)
 
 /* ----------------------------------------------------------------------
    halo mode (any number of ranks): the model runs on owned + ghost atoms; edges from the full
-   neighbour lists of both (ghost atoms out to num_layers * cutoff), within the model cutoff
+   neighbour lists of both (ghost atoms out to receptive_hops * cutoff), within the model cutoff
 ------------------------------------------------------------------------- */
 
 void PairPolyGET::build_edges_halo()
@@ -336,10 +337,11 @@ void PairPolyGET::settings(int narg, char **arg)
 
   if (comm->me == 0)
     utils::logmesg(lmp,
-                   "pair_style polyget: {} (elements {}, cutoff {} A, {} layers, {}, format {}) "
-                   "on {}, {} torch thread(s) per rank\n",
+                   "pair_style polyget: {} (elements {}, cutoff {} A, {} layers, reach {} hops, "
+                   "{}, format {}) on {}, {} torch thread(s) per rank\n",
                    path, model->metadata().elements_string(), cutoff,
-                   model->metadata().num_layers, model->metadata().dtype,
+                   model->metadata().num_layers, model->metadata().receptive_hops,
+                   model->metadata().dtype,
                    model->metadata().format_version, model->device_string(),
                    at::get_num_threads());
 
@@ -409,7 +411,7 @@ void PairPolyGET::init_style()
                           ": use 'units metal'");
 
   // one rank with an atom map: fold periodic images onto owned atoms (model on N atoms only);
-  // otherwise ghost atoms out to num_layers * cutoff with their own neighbour lists
+  // otherwise ghost atoms out to receptive_hops * cutoff with their own neighbour lists
   const bool have_map = atom->map_style != Atom::MAP_NONE;
   if (ghost_mode == GHOSTS_FOLD && comm->nprocs > 1)
     error->all(FLERR, "pair_style polyget: ghosts fold works on one MPI rank only; use ghosts halo "
@@ -431,18 +433,18 @@ void PairPolyGET::init_style()
   ghostneigh = 1;
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
-  // ghost atoms out to num_layers * cutoff (+ skin): set the comm cutoff if the user's is shorter
+  // ghost atoms out to receptive_hops * cutoff (+ skin): set the comm cutoff if the user's is shorter
   const double need = halo + neighbor->skin;
   if (comm->mode != Comm::SINGLE)
     error->all(FLERR, "pair_style polyget needs comm_modify mode single with a cutoff of at least "
-                      "{:.6g} (num_layers x cutoff + skin); use: comm_modify mode single cutoff {:.6g}",
+                      "{:.6g} (receptive hops x cutoff + skin); use: comm_modify mode single cutoff {:.6g}",
                need, need);
   if (comm->cutghostuser < need) {
     if (comm->me == 0)
       utils::logmesg(lmp,
-                     "pair_style polyget: communication cutoff set to {:.6g} = {} layers x {} A "
+                     "pair_style polyget: communication cutoff set to {:.6g} = {} hops x {} A "
                      "+ skin {} (ghost atoms for exact message passing across subdomains)\n",
-                     need, model->metadata().num_layers, cutoff, neighbor->skin);
+                     need, model->metadata().receptive_hops, cutoff, neighbor->skin);
     comm->cutghostuser = need;
   }
 }

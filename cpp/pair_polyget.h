@@ -47,7 +47,7 @@ class PairPolyGET : public Pair {
   std::string device_request;
   int nthreads_request;    // -1: LAMMPS's own thread count (OMP_NUM_THREADS / package omp)
   double cutoff;           // model cutoff (Angstrom)
-  double halo;             // num_layers * cutoff: ghost atoms needed around a subdomain
+  double halo;             // receptive_hops * cutoff: ghost atoms needed around a subdomain
   enum { GHOSTS_AUTO, GHOSTS_HALO, GHOSTS_FOLD };
   int ghost_mode;          // requested
   bool use_fold;           // chosen in init_style

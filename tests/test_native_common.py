@@ -69,6 +69,8 @@ def toy_metadata(model: torch.nn.Module, elements=TOY_ELEMENTS, **overrides) -> 
         "elements": list(elements),
         "cutoff": float(model.cutoff),
         "num_layers": int(model.num_layers),
+        # the toy has no neighbour embedding: its energies reach exactly num_layers edges
+        "receptive_hops": int(model.num_layers),
         "dtype": "float64" if dtype == torch.float64 else "float32",
         "units": {"energy": "eV", "length": "Angstrom"},
         "polyget_version": "0.1.0",

@@ -181,6 +181,32 @@ def test_polyget_network_matches_eager_python(tmp_path, structure):
     check_against_reference(native_model, model, atoms, model.elements, model.cutoff)
 
 
+def test_polyget_reach_is_num_layers_plus_one():
+    """The default halo (receptive_hops = num_layers + 1) is right for PolyGET: on a chain of
+    atoms 3.5 A apart (cutoff 4), atom 0's energy moves with atom num_layers + 1 and not with
+    num_layers + 2. If the architecture changes, the C++ default must follow."""
+    model = small_polyget()
+    n = model.num_layers + 4
+    pos = torch.tensor([[3.5 * k, 0.2 * (k % 3), 0.3 * (k % 2)] for k in range(n)],
+                       dtype=torch.float64, requires_grad=True)
+    ei = torch.tensor([(i, j) for i in range(n) for j in range(n) if abs(i - j) == 1]).T.contiguous()
+    species = torch.tensor([k % 3 for k in range(n)])
+    e = model(species, ei, pos[ei[1]] - pos[ei[0]])
+    (g,) = torch.autograd.grad(e[0], pos)
+    reach = model.num_layers + 1
+    assert g[reach].norm() > 0
+    assert torch.all(g[reach + 1:] == 0)
+
+
+def test_receptive_hops_metadata(tmp_path):
+    meta = toy_metadata(ToyMessagePassing())
+    del meta["receptive_hops"]
+    path = save_jit(ToyMessagePassing(), tmp_path / "d.jit.pt", meta)
+    assert NativeModel(path).receptive_hops == 3  # default: num_layers + 1
+    assert NativeModel(export_toy(tmp_path / "t.jit.pt")).receptive_hops == 2
+    expect_error(export_toy(tmp_path / "b.jit.pt", meta={"receptive_hops": 0}), "receptive_hops")
+
+
 def test_ase_calculator_native_backend(tmp_path):
     """PolyGETCalculator(backend='native') == backend='torch' on an exported file."""
     ase_mod = pytest.importorskip("polyget.ase")

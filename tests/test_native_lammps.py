@@ -167,7 +167,8 @@ def test_matches_ase_reference(tmp_path, toy, structure):
     atoms.pbc = True  # LAMMPS box; the isolated ring has 20 A of vacuum (> 2 layers x 4 A)
     res, out = lammps_single_point(tmp_path, atoms, path)
     e, f, s, ae = reference(module, atoms)
-    assert "pair_style polyget:" in out and "communication cutoff set to 10" in out
+    assert "pair_style polyget:" in out
+    # 2 hops x 4 A + skin 1 (fold mode on one rank needs no halo, but the ghosts fold test does)
     assert abs(res["energy"] - e) < 1e-6
     np.testing.assert_allclose(res["forces"], f, atol=1e-6, rtol=0)
     np.testing.assert_allclose(res["atom_energies"], ae, atol=1e-6, rtol=0)
@@ -262,6 +263,40 @@ def test_mpi_ranks_agree(tmp_path, toy, structure):
     np.testing.assert_allclose(results[1]["forces"], f, atol=1e-6, rtol=0)
     for n in (2, 3):
         compare(results[1], results[n])
+
+
+def test_mpi_halo_is_needed(tmp_path, toy):
+    """With a halo one hop short (receptive_hops 1 declared for the 2-layer toy), several ranks
+    give a different answer: the halo machinery is what makes the other MPI tests exact."""
+    path, module = toy
+    short = export_toy(tmp_path / "short.jit.pt", meta={"receptive_hops": 1})
+    atoms = ring_polymer(40, oxygen_every=5, vacuum=9.0)
+    atoms.pbc = True
+    good, out = lammps_single_point(tmp_path, atoms, path, nprocs=3, processors="processors 3 1 1",
+                                    tag="good")
+    assert "communication cutoff set to 9 = 2 hops x 4 A + skin 1" in out
+    bad, out = lammps_single_point(tmp_path, atoms, short, nprocs=3, processors="processors 3 1 1",
+                                   tag="short")
+    e, f, s, ae = reference(module, atoms)
+    np.testing.assert_allclose(good["forces"], f, atol=1e-8, rtol=0)
+    assert np.abs(bad["forces"] - f).max() > 1e-6
+
+
+def test_ghosts_halo_on_one_rank(tmp_path, toy):
+    """`ghosts halo` on one rank (periodic images as ghosts with their own neighbour lists)."""
+    path, module = toy
+    atoms = periodic_melt(seed=2)
+    work = tmp_path / "halo1"
+    work.mkdir()
+    types = write_data(atoms, work / "data.lmp")
+    deck = single_point_deck(f"{path} ghosts halo", types)
+    _, out = run_lammps(work, deck)
+    assert "communication cutoff set to 9" in out
+    res = parse_single_point(work, out)
+    e, f, s, ae = reference(module, atoms)
+    assert abs(res["energy"] - e) < 1e-6
+    np.testing.assert_allclose(res["forces"], f, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(res["stress"], s, atol=1e-8, rtol=0)
 
 
 def test_mpi_empty_subdomain_and_lonely_atom(tmp_path, toy):

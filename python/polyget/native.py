@@ -81,6 +81,8 @@ class NativeModel:
         self.elements = list(self._model.elements)
         self.cutoff = float(self._model.cutoff)
         self.num_layers = int(self._model.num_layers)
+        # edges an atom's energy reaches (halo = receptive_hops * cutoff for domain decomposition)
+        self.receptive_hops = int(self._model.receptive_hops)
         self.dtype = str(self._model.dtype)
         self.device = str(self._model.device)
 
