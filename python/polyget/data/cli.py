@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 
 def _ints(s: str) -> list[int]:
     out = []
@@ -71,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also label this many small frames with PBE (held-out DFT check); "
                         "the full preset uses 520")
     s.add_argument("--pbe-max-atoms", type=int, default=30)
+    s.add_argument("--md-loops", default=None, metavar="FAMS",
+                   help="also build + relax the 15-loop MD test systems of these families "
+                        "(full preset: CK6,OTH4,LAC2,LAC5, as in the paper)")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads per worker")
     s.add_argument("--no-progress", action="store_true")
@@ -98,6 +103,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default=None, help="write the per-family Fig. 2 plot here (.png)")
     s.add_argument("--json", default=None, help="also write the table as JSON")
 
+    s = sub.add_parser("timing", help="measure seconds per reference call; extrapolate a run")
+    s.add_argument("--method", default="gfn2")
+    s.add_argument("--calc-kwargs", default=None)
+    s.add_argument("--systems", default="ETH:1,CK3:1,LAC4:3,LAC5:5,CK6:6",
+                   help="FAMILY:LOOP,... to time (default covers 7-144 atoms)")
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--preset", choices=["mini", "full"], default="full",
+                   help="extrapolate the cost of this preset")
+    s.add_argument("--pbe-frames", type=int, default=None,
+                   help="(method pbe) extrapolate this many frames of <= --pbe-max-atoms")
+    s.add_argument("--pbe-max-atoms", type=int, default=30)
+    s.add_argument("--json", default=None)
+
     s = sub.add_parser("split", help="train/val/test splits by loop size and family")
     s.add_argument("input")
     s.add_argument("--test-loops", default="6")
@@ -121,6 +139,29 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         raise
+
+
+def _build_md_loops(cfg, fams: str, out: str, L: int = 15) -> None:
+    """Relaxed, labelled L-loops (MD test systems only) -> OUT/<name>-loops15.extxyz;
+    resumable (families already in the file are skipped)."""
+    from . import io as dio
+    from .build import build, relax
+    from .families import parse_families
+    from .labels import label, make_calculator, method_name
+
+    path = os.path.join(out, f"{cfg.name}-loops{L}.extxyz")
+    have = {a.info["family"] for a in dio.read_complete(path)}
+    calc = make_calculator(cfg.method, **cfg.calc_kwargs)
+    for fam in parse_families(fams):
+        if fam.index in have:
+            continue
+        at = build(fam, L, n_conf=1, seed=cfg.seed)[0]
+        at = relax(at, calc, fmax=cfg.relax_fmax, steps=cfg.relax_steps)
+        lab = label(at, calc, cfg.method)
+        lab.info.update(method=method_name(cfg.method), config_type="relaxed",
+                        frame_id=f"{fam.index}_L{L}/relaxed")
+        dio.append_frame(path, lab)
+        print(f"{fam.index} {L}-loop: {len(at)} atoms -> {path}")
 
 
 def _dispatch(args) -> int:
@@ -181,6 +222,11 @@ def _dispatch(args) -> int:
                        progress_bar=not args.no_progress, blas_preload=args.blas_preload)
         print(f"{man['n_frames']} frames ({man['n_failed']} failed, skipped) -> "
               f"{os.path.join(args.out, man['file'])}")
+        md_loops = args.md_loops
+        if md_loops is None and args.preset == "full":
+            md_loops = "CK6,OTH4,LAC2,LAC5"
+        if md_loops:
+            _build_md_loops(cfg, md_loops, args.out)
         pbe_n = args.pbe_frames
         if pbe_n is None and args.preset == "full":
             pbe_n = FULL_PBE["n_frames"]
@@ -217,6 +263,48 @@ def _dispatch(args) -> int:
         if args.plot:
             plot_fig2(frames, args.plot)
             print(f"wrote {args.plot}")
+        return 0
+
+    if args.cmd == "timing":
+        from .families import get_family
+        from .runner import FULL_PBE, PRESETS, SampleConfig, _families
+        from .timing import estimate, fit_power_law, measure
+
+        systems = []
+        for tok in args.systems.split(","):
+            fam, L = tok.split(":")
+            systems.append((fam.strip(), int(L)))
+        rows = measure(args.method, systems, repeats=args.repeats,
+                       calc_kwargs=_kwargs(args.calc_kwargs))
+        for r in rows:
+            print(f"{r['method']:6s} {r['family']:5s} L={r['loop']:<3d} {r['natoms']:4d} atoms "
+                  f"{r['seconds_per_call']:9.4f} s per energy+forces call")
+        res = {"measured": rows}
+        if len(rows) >= 2:
+            a, b = fit_power_law(rows)
+            print(f"fit: t(N) = {a:.3g} * N^{b:.2f} s")
+            cfg = SampleConfig(**PRESETS[args.preset])
+            res["fit"] = {"a": a, "b": b}
+            if args.method.lower() == "pbe":
+                n_pbe = args.pbe_frames or FULL_PBE["n_frames"]
+                sizes = [get_family(f).n_atoms * L for f in _families(cfg) for L in cfg.loops
+                         if get_family(f).n_atoms * L <= args.pbe_max_atoms]
+                per = float(np.mean([a * n ** b for n in sizes]))
+                est = {"frames": n_pbe, "cpu_hours": n_pbe * per / 3600.0,
+                       "mean_seconds_per_frame": per}
+                print(f"PBE held-out set: {n_pbe} frames of <= {args.pbe_max_atoms} atoms: "
+                      f"{est['cpu_hours']:.1f} CPU-hours ({per:.1f} s per frame on average)")
+            else:
+                est = estimate(cfg, a, b)
+                print(f"preset {args.preset}: {est['frames']} frames, "
+                      f"{est['reference_calls']} reference calls, {est['cpu_hours']:.1f} "
+                      f"CPU-hours (per loop size: "
+                      + ", ".join(f"L={k}: {v:.1f} h" for k, v in
+                                  est["cpu_hours_per_loop"].items()) + ")")
+            res["estimate"] = est
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(res, fh, indent=1)
         return 0
 
     if args.cmd == "split":
