@@ -59,3 +59,19 @@ def morse_frames(n=40, seed=0, with_energy=True):
         a.info["loop"] = 1 + k % 3
         frames.append(a)
     return frames
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory):
+    """A tiny model trained for 300 steps on Morse-labelled molecules (holds bonds together)."""
+    import ase.io
+
+    from polyget.train.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("trained")
+    ase.io.write(root / "morse.extxyz", morse_frames(24))
+    cfg = {"data": {"train": str(root / "morse.extxyz"), "val_fraction": 0.1}, "model": dict(TINY),
+           "training": {"lr": 2e-3, "batch_size": 4, "max_steps": 300, "val_every": 300, "threads": 1},
+           "output": str(root / "run")}
+    Trainer(cfg, quiet=True).run()
+    return root / "run" / "last.ckpt"
