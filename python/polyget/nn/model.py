@@ -54,6 +54,9 @@ class PolyGET(nn.Module):
         self.elements: List[str] = list(config.elements)
         self.cutoff: float = float(config.cutoff)
         self.num_layers: int = int(config.num_layers)
+        # the neighbour embedding is one message-passing hop, then one per attention layer:
+        # an atom's energy depends on atoms up to receptive_hops * cutoff away
+        self.receptive_hops: int = int(config.num_layers) + 1
         hidden = config.hidden_channels
         nelem = len(config.elements)
 
