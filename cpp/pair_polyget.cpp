@@ -122,16 +122,16 @@ void PairPolyGET::compute(int eflag, int vflag)
     for (int i = 0; i < nlocal; i++) eatom[i] += ae[i];
   }
 
-  // virial: fdotr over owned + ghost atoms, or explicitly -sum_pairs r_ij (x) fij
-  if (vflag_fdotr) {
-    virial_fdotr_compute();
-  } else if (vflag_either) {
+  // virial: global by fdotr over owned + ghost atoms (or explicitly), per-atom explicitly;
+  // the pair virial is -r_ij (x) fij, split half/half between i and j
+  if (vflag_fdotr) virial_fdotr_compute();
+  if ((vflag_global && !vflag_fdotr) || vflag_atom) {
     for (int64_t k = 0; k < nedges; k++) {
       const double *r = edge_vec.data() + 3 * k;
       const double *g = fij + 3 * k;
       const double v[6] = {-r[0] * g[0], -r[1] * g[1], -r[2] * g[2],
                            -r[0] * g[1], -r[0] * g[2], -r[1] * g[2]};
-      if (vflag_global)
+      if (vflag_global && !vflag_fdotr)
         for (int c = 0; c < 6; c++) virial[c] += v[c];
       if (vflag_atom) {
         const int i = static_cast<int>(edge_i[k]);
