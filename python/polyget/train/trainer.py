@@ -197,6 +197,10 @@ class Trainer:
                     row = self._validate_and_save(train_loss_acc / n_acc, train_mae_acc / n_acc)
                     train_loss_acc, train_mae_acc, n_acc = 0.0, 0.0, 0
                     bar.set_postfix(val_mae=f"{row['val_force_mae']:.4g}")
+                    if not self.quiet:  # one line per validation, also in batch-job logs
+                        bar.write(f"step {row['step']:>7d}  epoch {row['epoch']:>4d}  lr {row['lr']:.2e}  "
+                                  f"train loss {row['train_loss']:.4g}  val force MAE {row['val_force_mae']:.4f} "
+                                  f"eV/A  CosD {row['val_force_cosd']:.4f}  ({row['elapsed_s']:.0f} s)")
             if self.state["batch_in_epoch"] >= len(batches):
                 self.state["epoch"] += 1
                 self.state["batch_in_epoch"] = 0
