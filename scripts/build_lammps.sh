@@ -253,12 +253,13 @@ cmake -S "$SRC/cmake" -B "$BUILD" \
     -D CMAKE_INSTALL_RPATH='$ORIGIN;$ORIGIN/../lib;$ORIGIN/../../..' \
     -D CMAKE_INSTALL_RPATH_USE_LINK_PATH=on >&2
 log "compiling with $JOBS jobs"
-nice cmake --build "$BUILD" -j "$JOBS" >&2
+# (retried once: an interrupted or oddly failing parallel make resumes where it stopped)
+nice cmake --build "$BUILD" -j "$JOBS" >&2 || nice cmake --build "$BUILD" -j 1 >&2
 cmake --install "$BUILD" >&2
 T1=$(date +%s)
 log "build took $((T1 - T0)) s"
 VERSION_STR="$("$PREFIX/bin/lmp" -h 2>/dev/null | sed -n 's/^Large-scale Atomic\/Molecular Massively Parallel Simulator - \(.*\)$/\1/p' | head -n1 || true)"
 VERSION_STR="${VERSION_STR:-$LAMMPS_DEB_UPSTREAM}"
-echo "$((T1 - T0))" > "$ROOT/build_seconds"
+echo "$((T1 - T0))" >> "$ROOT/build_seconds"   # one line per (re)build, seconds
 echo "$VERSION_STR" > "$STAMP"
 install_into_venv "$PREFIX" "$SRC" "$BUILD" "$VERSION_STR"

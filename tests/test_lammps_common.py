@@ -75,6 +75,9 @@ def run_lmp(deck: str, workdir: Path, nprocs: int = 1, variables: Optional[Dict[
 
 
 def write_data(path: Path, atoms, units: str = "metal") -> Path:
+    if atoms.cell.rank < 3:  # a molecule without a cell: put it in a box (boundary s/f)
+        atoms = atoms.copy()
+        atoms.center(vacuum=8.0)
     write(str(path), atoms, format="lammps-data", specorder=SPECORDER, masses=True, units=units,
           atom_style="atomic")
     return path
@@ -118,7 +121,8 @@ def single_point(workdir: Path, model: Path, atoms, nprocs: int = 1, ghost: int 
                  tag: str = "sp", check: bool = True):
     """Energy, forces, per-atom energies, pressure tensor (bar or atm) from a `run 0`."""
     workdir = Path(workdir)
-    data = write_data(workdir / (tag + ".data"), atoms, units=units)
+    data = write_data(workdir / (tag + ".data"), atoms,
+                      units=units if units in ("metal", "real") else "metal")
     if boundary is None:
         boundary = "p p p" if atoms.pbc.all() else "s s s"
     dump = workdir / (tag + ".dump")

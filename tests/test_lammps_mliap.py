@@ -113,6 +113,7 @@ def test_numdiff_matches_forces(tiny, tmp_path):
     deck = f"""
 units metal
 atom_style atomic
+atom_modify map yes
 boundary s s s
 read_data {data}
 pair_style mliap unified {tiny['pt']} 0

@@ -28,7 +28,8 @@ def explain(exc_type, exc, tb) -> Optional[str]:
         names = {f.name for f in traceback.extract_tb(tb)}
     except Exception:
         names = set()
-    if "mliap_unified_connect" not in names:
+    # Cython names the frame "mliap_unified_couple.mliap_unified_connect"
+    if not any(n.endswith("mliap_unified_connect") for n in names):
         return None
     text = "%s: %s" % (exc_type.__name__, exc)
     if "RecursiveScriptModule" in text or "ScriptModule" in text:
@@ -65,6 +66,8 @@ def install_excepthook() -> None:
         if msg is None or os.environ.get("POLYGET_DEBUG"):
             previous(exc_type, exc, tb)
         if msg is not None and _rank_of(exc) == 0:
+            if msg.startswith("polyget: "):
+                msg = msg[len("polyget: "):]
             sys.stderr.write("ERROR (polyget): %s\n" % msg)
             sys.stderr.flush()
 

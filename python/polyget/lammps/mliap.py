@@ -181,7 +181,7 @@ class _LammpsHandle:
         return ctypes.string_at(p).decode() if p else ""
 
     def tags(self, n: int) -> np.ndarray:
-        p = self.lib.lammps_extract_atom(self.ptr, b"tag")
+        p = self.lib.lammps_extract_atom(self.ptr, b"id")
         if not p or n == 0:
             return np.zeros(0, dtype=np.int64)
         ctype = ctypes.c_int64 if self.setting("tagint") == 8 else ctypes.c_int32
@@ -425,7 +425,8 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
             data.energy = 0.0
             if nlist:
                 data.eatoms = np.zeros(nlist)
-            data.update_pair_forces(np.zeros((npairs, 3), dtype=np.float64))
+            if npairs:  # (update_pair_forces indexes element 0: never call it with no pairs)
+                data.update_pair_forces(np.zeros((npairs, 3), dtype=np.float64))
             return
 
         # ---- graph
@@ -477,7 +478,8 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         data.energy = float(e_np[:nlocal].sum())
         if nlist:
             data.eatoms = np.ascontiguousarray(e_np[iatoms])
-        data.update_pair_forces(np.ascontiguousarray(fij))
+        if npairs:
+            data.update_pair_forces(np.ascontiguousarray(fij))
 
 
 def read_metadata(path: str) -> Dict[str, Any]:
