@@ -92,6 +92,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--styles", nargs="+", default=["polyget", "mliap"])
+    p.add_argument("--repeat", type=int, default=2,
+                   help="runs per (style, ranks), interleaved; the table shows the best (least "
+                        "disturbed by other load on the machine), the JSON all of them")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = p.parse_args(argv)
 
@@ -111,13 +114,24 @@ def main(argv=None):
     ghostcut = meta["num_layers"] * meta["cutoff"] + 2.0  # the deck's skin is 2.0
     model_desc.update({k: meta[k] for k in ("elements", "cutoff", "num_layers", "dtype")})
 
+    load_before = os.getloadavg()
+    runs = []
+    for rep in range(args.repeat):
+        for nprocs in args.ranks:
+            for style in args.styles:
+                model = jit if style == "polyget" else pt
+                r = run(style, model, nprocs, args.steps, work, ghostcut)
+                r["repeat"] = rep
+                print(f"{style:8s} {nprocs} rank(s): {r['steps_per_s']} steps/s", flush=True)
+                runs.append(r)
     rows = []
     for nprocs in args.ranks:
         for style in args.styles:
-            model = jit if style == "polyget" else pt
-            r = run(style, model, nprocs, args.steps, work, ghostcut)
-            print(f"{style:8s} {nprocs} rank(s): {r['steps_per_s']} steps/s", flush=True)
-            rows.append(r)
+            mine = [r for r in runs if r["style"] == style and r["ranks"] == nprocs]
+            best = max(mine, key=lambda r: r["steps_per_s"] or 0.0)
+            rows.append({"style": style, "ranks": nprocs, "steps": args.steps,
+                         "steps_per_s": best["steps_per_s"],
+                         "all_steps_per_s": [r["steps_per_s"] for r in mine]})
 
     import torch
 
@@ -125,7 +139,8 @@ def main(argv=None):
     result = {
         "benchmark": "nvt_15loop (360 atoms, Nose-Hoover 300 K, 0.5 fs)",
         "deck": str(DECK.relative_to(REPO)), "data": str(DATA.relative_to(REPO)),
-        "model": model_desc, "runs": rows, "utc": stamp,
+        "model": model_desc, "best": rows, "runs": runs, "utc": stamp,
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "omp_num_threads": 1},
@@ -134,13 +149,16 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"native_{stamp}.json").write_text(json.dumps(result, indent=2))
-    lines = ["| pair style | ranks | steps/s |", "|---|---|---|"]
+    lines = ["| pair style | ranks | steps/s (best) | all runs |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['style']} | {r['ranks']} | {r['steps_per_s']} |")
+        lines.append(f"| {r['style']} | {r['ranks']} | {r['steps_per_s']} | "
+                     f"{', '.join(str(x) for x in r['all_steps_per_s'])} |")
     table = "\n".join(lines)
     md = (f"# pair_style polyget vs mliap unified ({stamp})\n\n{result['benchmark']}; model: "
           f"{json.dumps(model_desc)}; {os.cpu_count()} CPU cores, OMP_NUM_THREADS=1, "
-          f"{args.steps} steps.\n\n{table}\n")
+          f"{args.steps} steps, {args.repeat} interleaved runs each; load average before "
+          f"{load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (a busy machine slows "
+          f"everything: compare within one table).\n\n{table}\n")
     (out / "native.md").write_text(md)
     print(md)
     return 0
