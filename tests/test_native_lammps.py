@@ -159,12 +159,18 @@ def toy(tmp_path_factory):
 
 # ------------------------------------------------------------------- agreement with Python/ASE
 
-@pytest.mark.parametrize("structure", ["isolated", "periodic"])
-def test_matches_ase_reference(tmp_path, toy, structure):
+@pytest.mark.parametrize("ghosts", ["auto", "halo"])
+@pytest.mark.parametrize("structure", ["isolated", "periodic", "small_cell"])
+def test_matches_ase_reference(tmp_path, toy, structure, ghosts):
+    """run 0 vs the Python reference; `small_cell` (3.3 x 3.6 x 3.9 A, cutoff 4 A) has atoms
+    bonded to their own periodic images."""
+    from test_native_core import small_cell
+
     path, module = toy
-    atoms = ring_polymer(16, oxygen_every=4, vacuum=10.0) if structure == "isolated" else periodic_melt()
+    atoms = {"isolated": lambda: ring_polymer(16, oxygen_every=4, vacuum=10.0),
+             "periodic": periodic_melt, "small_cell": small_cell}[structure]()
     atoms.pbc = True  # LAMMPS box; the isolated ring has 20 A of vacuum (> 2 layers x 4 A)
-    res, out = lammps_single_point(tmp_path, atoms, path)
+    res, out = lammps_single_point(tmp_path, atoms, f"{path} ghosts {ghosts}")
     e, f, s, ae = reference(module, atoms)
     assert "pair_style polyget:" in out
     # 2 hops x 4 A + skin 1 (fold mode on one rank needs no halo, but the ghosts fold test does)
