@@ -43,13 +43,14 @@ def test_writes_both_files_with_metadata(exported):
     assert meta["format"] == "polyget-torchscript" and meta["format_version"] == 1
     assert meta["elements"] == ["H", "C", "O"]
     assert meta["cutoff"] == 4.0 and meta["num_layers"] == 2 and meta["dtype"] == "float64"
+    assert meta["receptive_hops"] == 3
     assert meta["units"] == {"energy": "eV", "length": "Angstrom"}
     assert meta["polyget_version"] and meta["torch_version"]
     obj = load(str(exported["pt"]))
     assert isinstance(obj, PolyGETMLIAP)
     assert obj.metadata["elements"] == meta["elements"] and obj.num_layers == 2
     assert "pair_style mliap unified" in exported["out"]
-    assert "comm_modify cutoff 10.0" in exported["out"]
+    assert "comm_modify cutoff 14.0" in exported["out"]
 
 
 def test_jit_loads_with_polyget_io_and_matches_eager(exported):

@@ -75,7 +75,7 @@ def test_isolated_matches_ase(tiny, tmp_path, ghost):
 def test_periodic_matches_ase_incl_stress(tiny, tmp_path, ghost):
     atoms = periodic()
     ref = ase_reference(tiny["ckpt"], atoms)
-    post = "comm_modify cutoff 10.0" if ghost else ""
+    post = "comm_modify cutoff 14.0" if ghost else ""
     res = single_point(tmp_path, tiny["pt"], atoms, ghost=ghost, post=post)
     assert res["energy"] == pytest.approx(ref["energy"], abs=1e-6)
     np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-6)

@@ -2,7 +2,7 @@
 
 These run everywhere (no LAMMPS needed) and pin down the formulas LAMMPS relies on:
 E_owned summed over owned atoms, fij = dE_owned/drij, ghost forces returned to their owners,
-and the ghost cutoff a multi-layer model needs (layers x cutoff).
+and the ghost cutoff a multi-layer model needs (hops x cutoff).
 """
 
 from __future__ import annotations
@@ -128,13 +128,24 @@ def run_decomposed(obj, atoms, nslab, ghost_cut, pair_cut, ghost_lists=True):
     return energy, f, eatoms, virial
 
 
+def long_chain(copies=5, spacing=3.0):
+    """Molecules in a row along x (about 30 A): domains of a few A need a deep halo."""
+    base = polymer_like()
+    atoms = base.copy()
+    for k in range(1, copies):
+        b = base.copy()
+        b.positions[:, 0] += k * (np.ptp(base.positions[:, 0]) + spacing)
+        atoms += b
+    return atoms
+
+
 def test_metadata_and_rcutfac(exported):
     obj = exported["obj"]
     assert isinstance(obj, PolyGETMLIAP)
     assert obj.elements == ["H", "C", "O"]
     assert obj.rcutfac == pytest.approx(0.5 * obj.cutoff)
-    assert obj.num_layers == 2 and obj.dtype_name == "float64"
-    assert "comm_modify cutoff 10.0" in obj.deck_lines(skin=2.0)
+    assert obj.num_layers == 2 and obj.receptive_hops == 3 and obj.dtype_name == "float64"
+    assert "comm_modify cutoff 14.0" in obj.deck_lines(skin=2.0)
 
 
 @pytest.mark.parametrize("nslab", [1, 2, 3])
@@ -142,7 +153,7 @@ def test_isolated_matches_ase(exported, nslab):
     atoms = polymer_like()
     ref = reference(exported["ckpt"], atoms)
     obj = exported["obj"]
-    cut = obj.num_layers * obj.cutoff + 2.0
+    cut = obj.receptive_hops * obj.cutoff + 2.0
     e, f, ea, _ = run_decomposed(obj, atoms, nslab, ghost_cut=cut, pair_cut=obj.cutoff + 2.0)
     assert e == pytest.approx(ref["energy"], abs=1e-8)
     np.testing.assert_allclose(f, ref["forces"], atol=1e-9)
@@ -156,7 +167,7 @@ def test_periodic_virial_matches_ase_stress(exported):
     atoms.pbc = True
     ref = reference(exported["ckpt"], atoms)
     obj = exported["obj"]
-    cut = obj.num_layers * obj.cutoff + 2.0
+    cut = obj.receptive_hops * obj.cutoff + 2.0
     e, f, ea, vir = run_decomposed(obj, atoms, 2, ghost_cut=cut, pair_cut=obj.cutoff + 1.0)
     assert e == pytest.approx(ref["energy"], abs=1e-8)
     np.testing.assert_allclose(f, ref["forces"], atol=1e-9)
@@ -167,12 +178,18 @@ def test_periodic_virial_matches_ase_stress(exported):
 
 
 def test_short_ghost_cutoff_would_be_wrong(exported):
-    """Why `comm_modify cutoff` >= layers x cutoff: with one cutoff of ghosts, two layers differ."""
-    atoms = polymer_like()
+    """Why `comm_modify cutoff` >= hops x cutoff (hops = layers + 1): one hop less is wrong."""
+    atoms = long_chain()
     ref = reference(exported["ckpt"], atoms)
     obj = exported["obj"]
-    _, f, _, _ = run_decomposed(obj, atoms, 3, ghost_cut=obj.cutoff, pair_cut=obj.cutoff)
-    assert np.abs(f - ref["forces"]).max() > 1e-4
+    assert obj.receptive_hops == obj.num_layers + 1 == 3
+    _, f, _, _ = run_decomposed(obj, atoms, 3, ghost_cut=(obj.receptive_hops - 1) * obj.cutoff,
+                                pair_cut=obj.cutoff)
+    # small for this random model (smooth cutoffs damp the last hop: ~1e-8 eV/A), never exact
+    assert np.abs(f - ref["forces"]).max() > 1e-10
+    _, f, _, _ = run_decomposed(obj, atoms, 3, ghost_cut=obj.receptive_hops * obj.cutoff,
+                                pair_cut=obj.cutoff)
+    assert np.abs(f - ref["forces"]).max() < 1e-9
 
 
 def test_unknown_element_names_model_elements(exported):

@@ -1,7 +1,7 @@
 """polyget through ML-IAP on several MPI ranks (`mpirun -np 1, 2, 3`).
 
 - 1, 2 and 3 ranks give the same energy, forces and per-atom energies (1e-8) on a periodic melt
-  whose domains cut through molecules (ghostneigh 1, comm_modify cutoff = layers x cutoff + skin);
+  whose domains cut through molecules (ghostneigh 1, comm_modify cutoff = hops x cutoff + skin);
 - a run where two of three ranks own no atom (an empty subdomain) gives the serial answer;
 - ghostneigh 0 with a 2-layer model on 2 ranks, and a too-short ghost cutoff, stop with a clear
   error that names the `comm_modify cutoff` to use.
@@ -39,7 +39,7 @@ def melt_runs(tiny, tmp_path_factory):
     for n in (1, 2, 3):
         d = tmp_path_factory.mktemp("np%d" % n)
         out[n] = single_point(d, tiny["pt"], atoms, nprocs=n, ghost=1,
-                              post="comm_modify cutoff 10.0", skin=2.0)
+                              post="comm_modify cutoff 14.0", skin=2.0)
     out["ref"] = ase_reference(tiny["ckpt"], atoms)
     return out
 
@@ -67,7 +67,7 @@ def test_empty_subdomain(tiny, tmp_path):
     atoms.pbc = False
     one = single_point(tmp_path, tiny["pt"], atoms, nprocs=1, boundary="f f f", tag="one")
     three = single_point(tmp_path, tiny["pt"], atoms, nprocs=3, boundary="f f f",
-                         pre="processors 3 1 1", post="comm_modify cutoff 10.0", tag="three")
+                         pre="processors 3 1 1", post="comm_modify cutoff 14.0", tag="three")
     assert three["energy"] == pytest.approx(one["energy"], abs=1e-8)
     np.testing.assert_allclose(three["forces"], one["forces"], atol=1e-8)
 
@@ -76,7 +76,7 @@ def test_ghostneigh0_refused_on_several_ranks(tiny, tmp_path):
     res = single_point(tmp_path, tiny["pt"], melt(), nprocs=2, ghost=0, skin=2.0, check=False)
     assert not res["ok"]
     assert "pair_style mliap unified" in res["output"] and " 1\n" in res["output"]
-    assert "comm_modify cutoff 10.0" in res["output"]
+    assert "comm_modify cutoff 14.0" in res["output"]
 
 
 def test_short_ghost_cutoff_refused(tiny, tmp_path):
@@ -84,4 +84,4 @@ def test_short_ghost_cutoff_refused(tiny, tmp_path):
                        post="comm_modify cutoff 6.0", skin=2.0, check=False)
     assert not res["ok"]
     assert "too short" in res["output"]
-    assert "comm_modify cutoff 10.0" in res["output"]
+    assert "comm_modify cutoff 14.0" in res["output"]

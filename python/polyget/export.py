@@ -50,6 +50,7 @@ def metadata_for(model: torch.nn.Module, dtype: str, extra: Optional[Dict[str, A
         "elements": [str(e) for e in model.elements],
         "cutoff": float(model.cutoff),
         "num_layers": int(model.num_layers),
+        "receptive_hops": int(getattr(model, "receptive_hops", int(model.num_layers) + 1)),
         "dtype": dtype,
         "units": dict(UNITS),
         "polyget_version": __version__,
@@ -162,8 +163,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     obj = torch.load(pt, map_location="cpu", weights_only=False)
     m = obj.metadata
     print("wrote %s (ML-IAP unified) and %s (TorchScript)" % (pt, jit))
-    print("  elements %s, cutoff %.3g A, %d layers, %s, device %s"
-          % (" ".join(m["elements"]), m["cutoff"], m["num_layers"], m["dtype"], obj.device_request))
+    print("  elements %s, cutoff %.3g A, %d layers (%d message-passing hops), %s, device %s"
+          % (" ".join(m["elements"]), m["cutoff"], m["num_layers"], obj.receptive_hops,
+             m["dtype"], obj.device_request))
     print("LAMMPS (units metal), one rank or many:")
     print("  " + obj.deck_lines(path=str(pt)).replace("\n", "\n  "))
     return 0

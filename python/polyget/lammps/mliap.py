@@ -15,17 +15,17 @@ What it computes (see docs/interfaces.md):
   adds ``fij`` to ``i``, subtracts it from ``j``, reverse-communicates ghost forces and tallies
   the virial ``-rij (x) fij``), so forces, per-atom energies and the pressure are right.
 
-Message passing across MPI domains. A model with ``L`` layers and cutoff ``rc`` sees atoms out
-to ``L*rc``:
+Message passing across MPI domains. A model with ``H`` message-passing hops (polyget: ``num_layers``
++ 1, the neighbour embedding being one hop) and cutoff ``rc`` sees atoms out to ``H*rc``:
 
 * one MPI rank: ghost atoms are periodic images of owned atoms. They are folded onto the atoms
   they image (through the atom tags), so the graph is exactly the periodic graph, whatever
   ``ghostneigh`` and ``comm_modify cutoff`` are;
 * several ranks: ``pair_style mliap unified FILE 1`` (ghost atoms get neighbour lists) and
-  ``comm_modify cutoff`` >= ``L*rc + skin``. The energy is summed over owned atoms only, so
+  ``comm_modify cutoff`` >= ``H*rc + skin``. The energy is summed over owned atoms only, so
   ghost contributions are counted once, on their owner. A shorter ghost cutoff stops with an
   error that names the ``comm_modify cutoff`` to use; ``ghostneigh 0`` with more than one
-  layer stops with an error (it cannot be exact).
+  hop stops with an error (it cannot be exact).
 
 Units: ``units metal`` (eV, Angstrom) is native; ``units real`` is converted (energies and
 forces times 23.060548 kcal/mol per eV); other unit styles stop with an error.
@@ -235,12 +235,18 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         return int(self.metadata["num_layers"])
 
     @property
+    def receptive_hops(self) -> int:
+        """Message-passing hops (polyget: neighbour embedding + num_layers attention layers)."""
+        return int(self.metadata.get("receptive_hops", self.num_layers + 1))
+
+    @property
     def dtype_name(self) -> str:
         return str(self.metadata.get("dtype", "float64"))
 
     def required_ghost_cutoff(self, skin: float) -> float:
-        """``comm_modify cutoff`` needed with ghostneigh 1 on several ranks."""
-        return self.num_layers * self.cutoff + skin
+        """``comm_modify cutoff`` needed with ghostneigh 1 on several ranks:
+        receptive_hops x cutoff + skin."""
+        return self.receptive_hops * self.cutoff + skin
 
     def deck_lines(self, skin: float = 2.0, path: str = "polyget.pt") -> str:
         cut = math.ceil(self.required_ghost_cutoff(skin) * 10.0) / 10.0
@@ -396,23 +402,25 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                 "elements are: %s. Map every atom type to one of them, or to NULL."
                 % (sym, " ".join(self.elements)))
         folded = nprocs == 1 and h.ok
-        if not folded and nprocs > 1 and self.num_layers > 1:
+        if not folded and nprocs > 1 and self.receptive_hops > 1:
             skin = h.global_double("neigh_skin") if h.ok else 2.0
             need = self.required_ghost_cutoff(skin)
             if codes[2]:
                 raise self._error(h, 
-                    "polyget: this model has %d message-passing layers (cutoff %.3g A), so on "
-                    "%d MPI ranks ghost atoms need their own neighbours: use\n%s\n"
-                    "(ghostneigh 0 would give wrong forces at domain boundaries)"
-                    % (self.num_layers, self.cutoff, nprocs, self.deck_lines(skin)))
+                    "polyget: this model passes messages over %d hops (%d layers + the "
+                    "neighbour embedding, cutoff %.3g A), so on %d MPI ranks ghost atoms need "
+                    "their own neighbours: use\n%s\n(ghostneigh 0 would give wrong forces at "
+                    "domain boundaries)"
+                    % (self.receptive_hops, self.num_layers, self.cutoff, nprocs,
+                       self.deck_lines(skin)))
             have = h.ghost_cutoff() if h.ok else float("nan")
             if h.ok and have < need - 1e-9:
                 raise self._error(h, 
-                    "polyget: ghost cutoff %.4g A is too short for %d layers x %.4g A cutoff + "
-                    "%.4g A skin: add `comm_modify cutoff %.1f` (or larger) to the input"
-                    % (have, self.num_layers, self.cutoff, skin,
-                       math.ceil(need * 10.0) / 10.0))
-        if not folded and nprocs == 1 and self.num_layers > 1 and codes[2]:
+                    "polyget: ghost cutoff %.4g A is too short for %d message-passing hops x "
+                    "%.4g A cutoff + %.4g A skin: add `comm_modify cutoff %.1f` (or larger) to "
+                    "the input" % (have, self.receptive_hops, self.cutoff, skin,
+                                   math.ceil(need * 10.0) / 10.0))
+        if not folded and nprocs == 1 and self.receptive_hops > 1 and codes[2]:
             # without the LAMMPS handle, periodic images cannot be folded onto their atoms
             if npairs and np.any(pair_j >= nlocal):
                 raise self._error(h, 
