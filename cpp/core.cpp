@@ -3,6 +3,7 @@
 
 #include "json_min.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
 #include <torch/csrc/jit/serialization/pickle.h>
@@ -42,6 +43,22 @@ std::string jit_sibling_hint(const std::string &path) {
 std::string first_line(const std::string &s) {
   auto pos = s.find('\n');
   return pos == std::string::npos ? s : s.substr(0, pos);
+}
+
+// What a file that is not polyget TorchScript is, for the error message ("" if it looks like
+// TorchScript). torch.save() pickles (the ML-IAP NAME.pt) are zip archives with data.pkl and no
+// constants.pkl / code/.
+std::string classify_non_torchscript(const std::string &path) {
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    if (reader.hasRecord("constants.pkl")) return "";
+    if (reader.hasRecord("data.pkl"))
+      return "a torch.save() pickle (such as the ML-IAP file NAME.pt for pair_style mliap "
+             "unified), not a TorchScript model";
+    return "a PyTorch archive without a TorchScript model";
+  } catch (const std::exception &) {
+    return "not a PyTorch/TorchScript file";
+  }
 }
 
 int64_t grow(int64_t need) { return std::max<int64_t>(16, need + need / 4); }
@@ -218,6 +235,10 @@ Model::Model(const std::string &path, const std::string &device, int local_rank)
   device_ = choose_device(device, local_rank);
 
   torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
+  const std::string what = classify_non_torchscript(path);
+  if (!what.empty())
+    throw ModelError("'" + path + "' is " + what + ". pair_style polyget / polyget._core need "
+                     "NAME.jit.pt written by python/export.py" + jit_sibling_hint(path));
   try {
     module_ = torch::jit::load(path, torch::Device(torch::kCPU), extra);
   } catch (const std::exception &e) {

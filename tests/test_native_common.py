@@ -36,6 +36,8 @@ class ToyMessagePassing(torch.nn.Module):
         self.elements: List[str] = TOY_ELEMENTS[:n_elements]
         self.cutoff = float(cutoff)
         self.num_layers = int(num_layers)
+        # no neighbour embedding: energies reach exactly num_layers edges (read by export.py)
+        self.receptive_hops = int(num_layers)
         self.register_buffer("offset", torch.linspace(-1.0, -3.0, n_elements, dtype=dtype))
         self.register_buffer("h0", torch.linspace(0.3, 0.9, n_elements, dtype=dtype))
         self.register_buffer("depth", torch.linspace(0.02, 0.06, n_elements, dtype=dtype))
@@ -69,8 +71,7 @@ def toy_metadata(model: torch.nn.Module, elements=TOY_ELEMENTS, **overrides) -> 
         "elements": list(elements),
         "cutoff": float(model.cutoff),
         "num_layers": int(model.num_layers),
-        # the toy has no neighbour embedding: its energies reach exactly num_layers edges
-        "receptive_hops": int(model.num_layers),
+        "receptive_hops": int(model.receptive_hops),
         "dtype": "float64" if dtype == torch.float64 else "float32",
         "units": {"energy": "eV", "length": "Angstrom"},
         "polyget_version": "0.1.0",

@@ -243,10 +243,10 @@ def test_mliap_pickle_is_refused(tmp_path):
     path = tmp_path / "polyget.pt"
     torch.save({"some": "object", "weights": torch.zeros(3)}, path)
     export_toy(tmp_path / "polyget.jit.pt")
-    expect_error(path, "not a TorchScript file", "mliap unified", "polyget.jit.pt exists")
+    expect_error(path, "torch.save() pickle", "mliap unified", "polyget.jit.pt exists")
     junk = tmp_path / "junk.pkl"
     junk.write_bytes(pickle.dumps([1, 2, 3]))
-    expect_error(junk, "not a TorchScript file")
+    expect_error(junk, "not a PyTorch/TorchScript file")
 
 
 def test_torchscript_without_metadata(tmp_path):

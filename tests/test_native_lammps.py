@@ -25,6 +25,7 @@ import pytest
 import torch
 from ase.io import write
 
+from polyget.native import NativeModel
 from test_native_common import (REPO, TOY_ELEMENTS, cyclooctane_15_loop, export_toy,
                                 periodic_melt, reference, ring_polymer, save_jit, toy_metadata,
                                 ToyMessagePassing)
@@ -234,8 +235,9 @@ def test_matches_mliap_unified(tmp_path, which):
     for n in (1, 2):
         ours, _ = lammps_single_point(tmp_path, atoms, jit, nprocs=n, tag=f"{which}-polyget",
                                       processors=f"processors {n} 1 1" if n > 1 else "")
+        hops = NativeModel(jit).receptive_hops  # from the export's metadata.json
         theirs = mliap_single_point(tmp_path / f"{which}-mliap-np{n}", pt, atoms, n,
-                                    comm_cut=2 * model.cutoff + 1.0)
+                                    comm_cut=hops * model.cutoff + 1.0)
         assert abs(ours["energy"] - theirs["energy"]) < 1e-6
         np.testing.assert_allclose(ours["forces"], theirs["forces"], atol=1e-6, rtol=0)
         np.testing.assert_allclose(ours["atom_energies"], theirs["atom_energies"], atol=1e-6, rtol=0)
@@ -509,14 +511,14 @@ def test_error_missing_file(tmp_path):
 def test_error_mliap_pickle(tmp_path):
     pkl = tmp_path / "polyget.pt"
     torch.save({"an": "ML-IAP object stand-in", "w": torch.zeros(2)}, pkl)
-    expect_lammps_error(tmp_path, {}, "not a TorchScript file", "mliap unified", model=pkl)
+    expect_lammps_error(tmp_path, {}, "torch.save() pickle", "mliap unified", model=pkl)
 
 
 def test_error_mliap_pickle_real(tmp_path):
     """The actual ML-IAP NAME.pt written by polyget's exporter, given to pair_style polyget."""
     export = pytest.importorskip("polyget.export")
     pt, jit = export.export_model(ToyMessagePassing(), tmp_path / "toy.pt", dtype="float64")
-    expect_lammps_error(tmp_path, {}, "not a TorchScript file", "mliap unified",
+    expect_lammps_error(tmp_path, {}, "torch.save() pickle", "mliap unified",
                         "toy.jit.pt exists: use that file", model=pt)
 
 
