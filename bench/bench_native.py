@@ -111,8 +111,10 @@ def main(argv=None):
             raise SystemExit(f"bench: {pt} / {jit} missing: export a model or use --random")
         model_desc = {"random": False, "path": str(pt)}
     meta = json.loads(_metadata(jit))
-    ghostcut = meta["num_layers"] * meta["cutoff"] + 2.0  # the deck's skin is 2.0
+    hops = int(meta.get("receptive_hops", meta["num_layers"] + 1))
+    ghostcut = hops * meta["cutoff"] + 2.0  # the deck's skin is 2.0
     model_desc.update({k: meta[k] for k in ("elements", "cutoff", "num_layers", "dtype")})
+    model_desc["receptive_hops"] = hops
 
     load_before = os.getloadavg()
     runs = []
