@@ -69,14 +69,15 @@ def run(style: str, model: Path, nprocs: int, steps: int, work: Path, ghostcut: 
             "final_pe": float(pe[-1]) if pe else None}
 
 
-def random_model(out_pt: Path, layers: int, hidden: int, cutoff: float):
+def random_model(out_pt: Path, layers: int, hidden: int, cutoff: float, heads: int, rbf: int):
     import torch
 
     from polyget.export import export_model
     from polyget.nn import ModelConfig, PolyGET
 
     torch.manual_seed(0)
-    cfg = ModelConfig(num_layers=layers, hidden_channels=hidden, cutoff=cutoff)
+    cfg = ModelConfig(num_layers=layers, hidden_channels=hidden, cutoff=cutoff, num_heads=heads,
+                      num_rbf=rbf)
     model = PolyGET(cfg).double().eval()
     pt, jit = export_model(model, out_pt, dtype="float64")
     return pt, jit, cfg.to_dict()
@@ -86,8 +87,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(REPO / "potentials" / "polyget-mini.pt"))
     p.add_argument("--random", action="store_true", help="benchmark a random-weight PolyGET")
+    # --random defaults: the polyget-mini architecture (potentials/polyget-mini.yaml)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--rbf", type=int, default=16)
     p.add_argument("--cutoff", type=float, default=4.0)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
@@ -102,7 +106,8 @@ def main(argv=None):
         raise SystemExit(f"bench: {LMP} not found: run `make setup`")
     work = Path(tempfile.mkdtemp(prefix="polyget-bench-"))
     if args.random:
-        pt, jit, config = random_model(work / "random.pt", args.layers, args.hidden, args.cutoff)
+        pt, jit, config = random_model(work / "random.pt", args.layers, args.hidden, args.cutoff,
+                                       args.heads, args.rbf)
         model_desc = {"random": True, **config}
     else:
         pt = Path(args.model)
