@@ -13,12 +13,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from test_lammps_common import (MPIRUN, REPO, deck_files, export_tiny, require_lammps,
-                                require_mpirun, run_lmp, steps_per_second)
+from conftest import polymer_like
+from test_lammps_common import (REPO, deck_files, export_tiny, require_lammps, require_mpirun,
+                                run_lmp, steps_per_second, write_data)
 
 pytestmark = pytest.mark.lammps
 
-NVE_DRIFT_BOUND = 2e-5  # eV/atom over 3000 steps (1.5 ps)
+NVE_STEPS = 3000
+NVE_DRIFT_BOUND = 2e-5  # eV/atom, max |E(t) - E(0)| / N over 3000 steps (1.5 ps)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +67,11 @@ def test_slurm_example_is_valid_bash():
 
 
 def test_nve_energy_conservation(tiny, tmp_path):
+    """inputs/nve_15loop.in on a small molecule pair (18 atoms, CI time), 3000 x 0.5 fs."""
+    data = write_data(tmp_path / "small.data", polymer_like(seed=2))
     proc = run_lmp("", tmp_path, deck_path=REPO / "inputs" / "nve_15loop.in", cwd=REPO,
                    name="nve.in", timeout=900,
-                   variables={"model": tiny["pt"], "steps": 3000})
+                   variables={"model": tiny["pt"], "steps": NVE_STEPS, "data": data})
     m = re.search(r"NVE drift per atom after \d+ steps: (\S+) eV/atom", proc.stdout)
     assert m, proc.stdout[-3000:]
     # thermo: step time temp pe ke etotal v_drift spcpu

@@ -231,3 +231,19 @@ def test_float32_export_runs(tmp_path):
     atomic_save(make_checkpoint(model), ckpt)
     ref = reference(ckpt, atoms)
     np.testing.assert_allclose(f, ref["forces"], atol=1e-3)
+
+
+def test_cuda_request_falls_back_to_cpu_with_a_warning(exported, capsys, monkeypatch):
+    """Exported with --device cuda: runs on CUDA where available, else on the CPU (and says so)."""
+    obj = load(str(exported["pt"]))
+    obj.device_request = "cuda"
+    monkeypatch.delenv("POLYGET_DEVICE", raising=False)
+    atoms = polymer_like()
+    ref = reference(exported["ckpt"], atoms)
+    _, f, _, _ = run_decomposed(obj, atoms, 1, ghost_cut=14.0, pair_cut=6.0)
+    np.testing.assert_allclose(f, ref["forces"], atol=1e-9)
+    if torch.cuda.is_available():
+        assert obj._device.type == "cuda"
+    else:
+        assert obj._device.type == "cpu"
+        assert "CUDA requested" in capsys.readouterr().err
