@@ -410,6 +410,19 @@ void PairPolyGET::init_style()
                                   "and Angstrom); found units ") + update->unit_style +
                           ": use 'units metal'");
 
+  // molecular topology: special_bonds factors of 0 drop bonded pairs from the neighbour list,
+  // which would silently remove edges from the model's graph
+  if (atom->molecular != Atom::ATOMIC) {
+    const bool drops = (atom->nbonds > 0 && force->special_lj[1] == 0.0 && force->special_coul[1] == 0.0) ||
+        (atom->nangles > 0 && force->special_lj[2] == 0.0 && force->special_coul[2] == 0.0) ||
+        (atom->ndihedrals > 0 && force->special_lj[3] == 0.0 && force->special_coul[3] == 0.0);
+    if (drops)
+      error->all(FLERR, "pair_style polyget needs every pair within the cutoff, but special_bonds "
+                        "factors of 0 remove bonded pairs from the neighbour list: add "
+                        "'special_bonds lj/coul 1.0 1.0 1.0' (bonded terms, if any, are then "
+                        "yours to exclude)");
+  }
+
   // one rank with an atom map: fold periodic images onto owned atoms (model on N atoms only);
   // otherwise ghost atoms out to receptive_hops * cutoff with their own neighbour lists
   const bool have_map = atom->map_style != Atom::MAP_NONE;

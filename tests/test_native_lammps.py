@@ -553,3 +553,46 @@ def test_error_units_real(tmp_path, toy):
     deck = single_point_deck(path, types).replace("units metal", "units real")
     code, out = run_lammps(work, deck, check=False)
     assert code != 0 and "requires units metal" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("special", ["", "special_bonds lj/coul 1.0 1.0 1.0"])
+def test_molecular_topology_needs_all_pairs(tmp_path, toy, special):
+    """Bonds with the default special_bonds (0 0 0) would drop bonded pairs from the graph:
+    refused with the line to use; with factors 1.0 it runs and matches the atomic answer."""
+    path, module = toy
+    work = tmp_path / f"mol{bool(special)}"
+    work.mkdir()
+    deck = f"""
+units metal
+atom_style bond
+boundary p p p
+region box block 0 20 0 20 0 20
+create_box 2 box bond/types 1 extra/bond/per/atom 2
+mass 1 12.011
+mass 2 1.008
+create_atoms 1 single 5.0 5.0 5.0
+create_atoms 2 single 6.1 5.0 5.0
+create_atoms 2 single 4.6 6.0 5.2
+bond_style zero
+bond_coeff 1
+create_bonds single/bond 1 1 2
+create_bonds single/bond 1 1 3
+{special}
+pair_style polyget {path}
+pair_coeff * * C H
+thermo_style custom step pe
+thermo_modify format float %.17g
+run 0
+print "RESULT $(pe:%.17g)"
+"""
+    code, out = run_lammps(work, deck, check=False)
+    if not special:
+        assert code != 0 and "special_bonds lj/coul 1.0 1.0 1.0" in out, out[-2000:]
+        return
+    assert code == 0, out[-3000:]
+    from ase import Atoms
+
+    atoms = Atoms("CHH", positions=[[5.0, 5.0, 5.0], [6.1, 5.0, 5.0], [4.6, 6.0, 5.2]],
+                  cell=[20, 20, 20], pbc=True)
+    e = reference(module, atoms)[0]
+    assert abs(float(re.findall(r"^RESULT (.*)$", out, flags=re.M)[-1]) - e) < 1e-8
