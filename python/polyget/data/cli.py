@@ -278,7 +278,8 @@ def _dispatch(args) -> int:
                        calc_kwargs=_kwargs(args.calc_kwargs))
         for r in rows:
             print(f"{r['method']:6s} {r['family']:5s} L={r['loop']:<3d} {r['natoms']:4d} atoms "
-                  f"{r['seconds_per_call']:9.4f} s per energy+forces call")
+                  f"{r['seconds_per_call']:9.4f} CPU s ({r['wall_seconds_per_call']:.4f} s wall) "
+                  "per energy+forces call")
         res = {"measured": rows}
         if len(rows) >= 2:
             a, b = fit_power_law(rows)
