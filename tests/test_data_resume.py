@@ -149,6 +149,9 @@ def test_interrupted_labelling_resumes(tmp_path, counting):
     # a third run has nothing to do
     res = label_file(str(src), str(out), "ase:crashcalc_mod:CountingGFN2", progress_bar=False)
     assert res["new"] == 0 and res["already_done"] == 6
+    man = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert man["n_frames"] == 6 and man["counts"] == {"ETH": {"1": 6}}
+    assert [r["new"] for r in man["runs"]] == [2, 0]  # the crashed run wrote no manifest
 
 
 def test_parallel_run_equals_serial(tmp_path):

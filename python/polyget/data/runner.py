@@ -410,9 +410,43 @@ def label_file(inp: str, outp: str, method: str, calc_kwargs: dict | None = None
             for res in pool.imap_unordered(_label_one, jobs):
                 handle(res)
     bar.close()
-    return {"selected": len(sel), "new": n_ok, "failed": n_fail,
-            "already_done": len(sel) - len(todo), "wall_s": time.perf_counter() - t0,
-            "seconds_per_frame": calls["seconds"] / max(calls["n"], 1)}
+    res = {"selected": len(sel), "new": n_ok, "failed": n_fail,
+           "already_done": len(sel) - len(todo), "wall_s": time.perf_counter() - t0,
+           "seconds_per_frame": calls["seconds"] / max(calls["n"], 1)}
+    _label_manifest(inp, outp, method, calc_kwargs or {}, res, max_atoms, n_frames, seed)
+    return res
+
+
+def _label_manifest(inp, outp, method, calc_kwargs, res, max_atoms, n_frames, seed):
+    """<outp minus extension>.manifest.json: method, settings, counts, timings (accumulated)."""
+    from .labels import default_settings, method_name
+
+    done = dio.read_complete(outp, truncate=False)
+    counts: dict = {}
+    for a in done:
+        fam, loop = str(a.info.get("family", "?")), str(a.info.get("loop", "?"))
+        counts.setdefault(fam, {})
+        counts[fam][loop] = counts[fam].get(loop, 0) + 1
+    base = str(outp)
+    for ext in (".gz", ".extxyz", ".xyz"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+    path = Path(base + ".manifest.json")
+    prev = json.loads(path.read_text()) if path.exists() else {}
+    settings = default_settings(method)
+    settings.update(calc_kwargs)
+    runs = prev.get("runs", []) + [{k: (round(v, 3) if isinstance(v, float) else v)
+                                     for k, v in res.items()}]
+    man = {"format": "polyget-data-manifest", "format_version": 1, "file": Path(outp).name,
+           "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+           "source": str(inp), "method": method_name(method), "method_settings": settings,
+           "units": {"energy": "eV", "forces": "eV/Angstrom", "length": "Angstrom"},
+           "selection": {"max_atoms": max_atoms, "n_frames": n_frames, "seed": seed},
+           "versions": _versions(), "n_frames": len(done), "counts": counts,
+           "wall_time_s": round(sum(r["wall_s"] for r in runs), 1), "runs": runs,
+           "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(),
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
+    path.write_text(json.dumps(man, indent=1))
 
 
 _CALC_CACHE: dict = {}
