@@ -5,7 +5,10 @@
 # Called by `make setup` (target setup-native).  Environment:
 #   PYTHON             interpreter whose torch/pybind11 to use (default .venv/bin/python)
 #   LAMMPS_SOURCE_DIR  LAMMPS source tree for the plugin; default: from
-#                      .venv/share/polyget/lammps.env (written by scripts/build_lammps.sh)
+#                      .venv/share/polyget/lammps.env (written by scripts/build_lammps.sh) of
+#                      the venv PYTHON belongs to
+#   POLYGET_PLUGIN_DIR where polygetplugin.so goes (default: <venv>/lib/polyget/plugins, which
+#                      <venv>/bin/lmp puts on LAMMPS_PLUGIN_PATH)
 #   POLYGET_LAMMPS_MPI 1 (default) or 0 for a serial LAMMPS
 #   POLYGET_NATIVE_BUILD_DIR  (default build/native);  JOBS  parallel compile jobs (default 2)
 #   POLYGET_NATIVE_REQUIRE_PLUGIN=1  fail when no LAMMPS source tree is found
@@ -16,7 +19,11 @@ ROOT=$(pwd)
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 BUILD_DIR=${POLYGET_NATIVE_BUILD_DIR:-$ROOT/build/native}
 JOBS=${JOBS:-2}
-LAMMPS_ENV=$ROOT/.venv/share/polyget/lammps.env
+# the venv that PYTHON belongs to (default: the repository's .venv) holds lammps.env and the plugin
+VENV_DIR=$(cd "$(dirname "$PYTHON")/.." && pwd)
+[ -f "$VENV_DIR/pyvenv.cfg" ] || VENV_DIR=$ROOT/.venv
+LAMMPS_ENV=$VENV_DIR/share/polyget/lammps.env
+PLUGIN_DIR=${POLYGET_PLUGIN_DIR:-$VENV_DIR/lib/polyget/plugins}
 
 if ! "$PYTHON" -c "import torch, pybind11" 2>/dev/null; then
   echo "build_native: $PYTHON cannot import torch and pybind11; run 'make setup-python' first" >&2
@@ -63,6 +70,7 @@ cmake -S "$ROOT" -B "$BUILD_DIR" \
   -DPython_EXECUTABLE="$PYTHON" \
   -Dpybind11_DIR="$PYBIND11_DIR" \
   -DLAMMPS_SOURCE_DIR="$LAMMPS_SOURCE_DIR" \
+  -DPOLYGET_PLUGIN_INSTALL_DIR="$PLUGIN_DIR" \
   "${MPI_ARGS[@]}" >"$BUILD_DIR.configure.log" 2>&1 || {
   cat "$BUILD_DIR.configure.log" >&2
   echo "build_native: cmake configure failed (log above)" >&2
@@ -73,5 +81,5 @@ cmake --build "$BUILD_DIR" -j "$JOBS"
 cmake --install "$BUILD_DIR" >/dev/null
 echo "build_native: installed $(ls "$ROOT"/python/polyget/_core*.so)"
 if [ -n "$LAMMPS_SOURCE_DIR" ]; then
-  echo "build_native: installed $ROOT/.venv/lib/polyget/plugins/polygetplugin.so"
+  echo "build_native: installed $PLUGIN_DIR/polygetplugin.so"
 fi
