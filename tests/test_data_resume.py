@@ -167,3 +167,22 @@ def test_parallel_run_equals_serial(tmp_path):
     for k in fa:
         np.testing.assert_allclose(fa[k].get_forces(), fb[k].get_forces(), atol=1e-6)
 
+
+
+def test_generate_cli_with_user_monomer(tmp_path, capsys):
+    from polyget.data.cli import main
+
+    out = tmp_path / "ox"
+    rc = main(["generate", "--monomer", "OXE=C1COC1", "--loops", "1,2", "--n-conf", "1",
+               "--md-frames", "2", "--rattle-frames", "1", "--stride", "2", "--equil-steps",
+               "2", "--workers", "1", "--no-progress", "--name", "ox", "-o", str(out)])
+    assert rc == 0
+    man = json.loads((out / "ox.manifest.json").read_text())
+    assert man["counts"] == {"OXE": {"1": 3, "2": 3}}
+    frames = dio.read_frames(out / "ox.extxyz.gz")
+    assert sorted({len(a) for a in frames}) == [10, 20]  # oxetane C3H6O, its 2-loop
+    assert {a.info["smiles"] for a in frames} == {"C1COC1"}
+    assert main(["generate", "--monomer", "BAD=CCO", "-o", str(tmp_path / "bad")]) == 2
+    assert "'CCO' has no ring" in capsys.readouterr().err
+    assert main(["generate", "--monomer", "nosmiles", "-o", str(tmp_path / "bad")]) == 2
+    assert "expected NAME=SMILES" in capsys.readouterr().err

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("generate", help="build + sample (MD, rattle) + label, resumable")
     s.add_argument("--preset", choices=["mini", "full"], default=None)
     s.add_argument("--families", default=None, help="'all', a category, or CK1,LAC2,...")
+    s.add_argument("--monomer", action="append", default=[], metavar="NAME=SMILES",
+                   help="your own cyclic monomer (repeatable), e.g. CL='O=C1CCCCCO1'; "
+                        "alone, it replaces the default families")
     s.add_argument("--loops", default=None, help="e.g. 1-6")
     s.add_argument("--method", default=None, help="gfn2 (default), pbe, ase:module:Class")
     s.add_argument("--calc-kwargs", default=None)
@@ -206,6 +209,14 @@ def _dispatch(args) -> int:
         cfg = SampleConfig(**PRESETS[args.preset]) if args.preset else SampleConfig()
         if args.families:
             cfg.families = [args.families]
+        for tok in args.monomer:
+            name, _, smi = tok.partition("=")
+            if not name.strip() or not smi.strip() or "," in name:
+                raise ValueError(f"--monomer {tok!r}: expected NAME=SMILES")
+            cfg.monomers[name.strip()] = smi.strip()
+            cfg.family(name.strip())  # clear error now for a bad SMILES
+        if args.monomer and not args.families and not args.preset:
+            cfg.families = []
         if args.loops:
             cfg.loops = _ints(args.loops)
         for name in ("method", "n_conf", "md_frames", "rattle_frames", "stride",
@@ -288,8 +299,8 @@ def _dispatch(args) -> int:
             res["fit"] = {"a": a, "b": b}
             if args.method.lower() == "pbe":
                 n_pbe = args.pbe_frames or FULL_PBE["n_frames"]
-                sizes = [get_family(f).n_atoms * L for f in _families(cfg) for L in cfg.loops
-                         if get_family(f).n_atoms * L <= args.pbe_max_atoms]
+                sizes = [cfg.family(f).n_atoms * L for f in _families(cfg) for L in cfg.loops
+                         if cfg.family(f).n_atoms * L <= args.pbe_max_atoms]
                 per = float(np.mean([a * n ** b for n in sizes]))
                 est = {"frames": n_pbe, "cpu_hours": n_pbe * per / 3600.0,
                        "mean_seconds_per_frame": per}

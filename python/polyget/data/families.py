@@ -98,7 +98,8 @@ def get_family(key: str) -> Family:
     if k not in FAMILIES:
         raise KeyError(
             f"unknown family {key!r}; known families: {', '.join(FAMILIES)} "
-            "(or give a monomer SMILES with --smiles)"
+            "(or your own monomer: `polyget data build SMILES`, "
+            "`polyget data generate --monomer NAME=SMILES`)"
         )
     return FAMILIES[k]
 

@@ -51,6 +51,20 @@ class SampleConfig:
     relax_fmax: float = 0.1
     seed: int = 0
     name: str = "poly"
+    monomers: dict = field(default_factory=dict)   # user monomers {NAME: SMILES}
+
+    def family(self, key: str):
+        """Family object of a Poly24 index or of a user monomer NAME in `monomers`."""
+        if key in self.monomers:
+            from rdkit import Chem
+
+            from .build import loop_mol
+            from .families import Family
+
+            smi = self.monomers[key]
+            n = Chem.AddHs(loop_mol(smi, 1)).GetNumAtoms()  # also validates ring-opening
+            return Family(key, key, smi, "custom", n)
+        return get_family(key)
 
     def frames_for(self, loop: int) -> tuple[int, int]:
         md = int(self.md_frames_by_loop.get(loop, self.md_frames_by_loop.get(str(loop),
@@ -111,7 +125,7 @@ def run_system(cfg: SampleConfig, family: str, loop: int, outdir: str, progress=
     (out / "structures").mkdir(parents=True, exist_ok=True)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     sysname = system_name(family, loop)
-    fam = get_family(family)
+    fam = cfg.family(family)
     calc = make_calculator(cfg.method, **cfg.calc_kwargs)
     mname = method_name(cfg.method)
     n_md, n_rt = cfg.frames_for(loop)
@@ -217,8 +231,10 @@ def planned_frames(cfg: SampleConfig) -> dict[str, int]:
 
 
 def _families(cfg: SampleConfig) -> list[str]:
+    """Poly24 indices selected by cfg.families, then the user monomers' names."""
     from .families import parse_families
-    return [f.index for f in parse_families(",".join(cfg.families))]
+    out = [f.index for f in parse_families(",".join(cfg.families))] if cfg.families else []
+    return out + [k for k in cfg.monomers if k not in out]
 
 
 def set_blas_preload(path: str | None) -> bool:
@@ -257,7 +273,7 @@ def generate(cfg: SampleConfig, outdir: str, workers: int = 1, threads: int = 1,
     fams = _families(cfg)
     tasks = [(f, L) for f in fams for L in cfg.loops]
     # biggest first for load balance
-    tasks.sort(key=lambda t: -get_family(t[0]).n_atoms * t[1])
+    tasks.sort(key=lambda t: -cfg.family(t[0]).n_atoms * t[1])
     plan = planned_frames(cfg)
     done0 = sum(len(dio.read_complete(out / "frames" / f"{system_name(f, L)}.extxyz",
                                       truncate=False)) for f, L in tasks)

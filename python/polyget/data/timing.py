@@ -48,13 +48,12 @@ def fit_power_law(rows: list[dict]) -> tuple[float, float]:
 
 def estimate(cfg, a: float, b: float) -> dict:
     """Reference calls and CPU seconds of a generation run with t(N) = a N^b per call."""
-    from .families import get_family
     from .runner import _families
 
     calls = seconds = frames = 0.0
     per_loop: dict[int, float] = {}
     for f in _families(cfg):
-        n1 = get_family(f).n_atoms
+        n1 = cfg.family(f).n_atoms
         for L in cfg.loops:
             md, rt = cfg.frames_for(L)
             c = cfg.n_conf * (1 + cfg.equil_steps + md * cfg.stride + rt + cfg.relax_steps)
