@@ -186,3 +186,22 @@ def test_generate_cli_with_user_monomer(tmp_path, capsys):
     assert "'CCO' has no ring" in capsys.readouterr().err
     assert main(["generate", "--monomer", "nosmiles", "-o", str(tmp_path / "bad")]) == 2
     assert "expected NAME=SMILES" in capsys.readouterr().err
+
+
+def test_a_failing_system_does_not_stop_the_run(tmp_path, monkeypatch):
+    import polyget.data.runner as R
+
+    real = R.run_system
+
+    def flaky(cfg, family, loop, outdir, progress=None):
+        if family == "CK1":
+            raise RuntimeError("embedding failed (simulated)")
+        return real(cfg, family, loop, outdir, progress)
+
+    monkeypatch.setattr(R, "run_system", flaky)
+    cfg = SampleConfig(method="gfn2", families=["ETH", "CK1"], loops=[1], n_conf=1,
+                       md_frames=1, rattle_frames=1, stride=2, equil_steps=0, relax_steps=0,
+                       name="f")
+    man = generate(cfg, str(tmp_path), workers=1, progress_bar=False)
+    assert man["counts"] == {"ETH": {"1": 2}, "CK1": {"1": 0}}
+    assert man["system_errors"] == {"CK1_L1": "RuntimeError: embedding failed (simulated)"}

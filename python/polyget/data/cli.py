@@ -233,6 +233,9 @@ def _dispatch(args) -> int:
                        progress_bar=not args.no_progress, blas_preload=args.blas_preload)
         print(f"{man['n_frames']} frames ({man['n_failed']} failed, skipped) -> "
               f"{os.path.join(args.out, man['file'])}")
+        if man["system_errors"]:
+            print(f"{len(man['system_errors'])} system(s) failed: "
+                  f"{', '.join(man['system_errors'])} (see the manifest)", file=sys.stderr)
         md_loops = args.md_loops
         if md_loops is None and args.preset == "full":
             md_loops = "CK6,OTH4,LAC2,LAC5"
@@ -249,7 +252,7 @@ def _dispatch(args) -> int:
                              progress_bar=not args.no_progress,
                              blas_preload=args.blas_preload)
             print(f"PBE: {res}")
-        return 0
+        return 1 if man["system_errors"] else 0
 
     if args.cmd == "label":
         from .runner import label_file

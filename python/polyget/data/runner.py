@@ -280,13 +280,16 @@ def generate(cfg: SampleConfig, outdir: str, workers: int = 1, threads: int = 1,
     total = sum(plan.values())
     bar = tqdm(total=total, initial=min(done0, total), unit="frame", disable=not progress_bar,
                desc=f"{cfg.name} [{cfg.method}]", smoothing=0.05)
-    results = []
+    results, errors = [], {}
     if not spawn:
         class _Q:
             def put(self, n):
                 bar.update(n)
         for f, L in tasks:
-            results.append(run_system(cfg, f, L, str(out), _Q()))
+            try:
+                results.append(run_system(cfg, f, L, str(out), _Q()))
+            except Exception as exc:  # one broken system must not stop the others
+                errors[system_name(f, L)] = f"{type(exc).__name__}: {exc}"
     else:
         import multiprocessing as mp
         import queue as _queue
@@ -304,13 +307,20 @@ def generate(cfg: SampleConfig, outdir: str, workers: int = 1, threads: int = 1,
                         pass
                 while not q.empty():
                     bar.update(q.get())
-                results = [a.get() for a in asyncs]  # re-raises worker errors
+                for (f, L), a in zip(tasks, asyncs):
+                    try:
+                        results.append(a.get())
+                    except Exception as exc:
+                        errors[system_name(f, L)] = f"{type(exc).__name__}: {exc}"
     bar.close()
+    for k, v in errors.items():
+        print(f"polyget data generate: system {k} failed and was skipped: {v}")
     wall = time.perf_counter() - t0
-    return finalize(cfg, out, wall_s=wall)
+    return finalize(cfg, out, wall_s=wall, errors=errors)
 
 
-def finalize(cfg: SampleConfig, out: Path, wall_s: float = 0.0) -> dict:
+def finalize(cfg: SampleConfig, out: Path, wall_s: float = 0.0,
+             errors: dict | None = None) -> dict:
     """Merge per-system files into OUT/<name>.extxyz.gz and write OUT/<name>.manifest.json."""
     out = Path(out)
     frames, counts, timings, failed = [], {}, {}, 0
@@ -333,6 +343,7 @@ def finalize(cfg: SampleConfig, out: Path, wall_s: float = 0.0) -> dict:
     prev = json.loads(man_path.read_text()) if man_path.exists() else {}
     manifest = make_manifest(cfg, frames, counts, timings, failed,
                              wall_s + float(prev.get("wall_time_s", 0.0)), merged.name)
+    manifest["system_errors"] = errors or {}
     man_path.write_text(json.dumps(manifest, indent=1))
     return manifest
 
