@@ -9,7 +9,8 @@ from rdkit.Chem.rdMolDescriptors import CalcMolFormula  # noqa: E402
 
 from polyget.data import build as B  # noqa: E402
 from polyget.data.cli import main as data_main  # noqa: E402
-from polyget.data.families import FAMILIES, PAPER_15_LOOPS, get_family, parse_families  # noqa: E402,E501
+from polyget.data.families import (FAMILIES, PAPER_15_LOOPS, get_family,  # noqa: E402
+                                   parse_families)
 
 
 def n_atoms(smiles, L):

@@ -176,7 +176,8 @@ def _dispatch(args) -> int:
             import dataclasses
             print(json.dumps([dataclasses.asdict(f) for f in FAMILIES.values()], indent=1))
             return 0
-        print(f"{'index':6s} {'category':11s} {'atoms':>5s}  {'name':38s} {'SMILES':28s} repeat unit")
+        print(f"{'index':6s} {'category':11s} {'atoms':>5s}  {'name':38s} {'SMILES':28s} "
+              "repeat unit")
         for f in FAMILIES.values():
             print(f"{f.index:6s} {f.category:11s} {f.n_atoms:5d}  {f.name:38s} {f.smiles:28s} "
                   f"{repeat_unit_smiles(f.smiles)}")
@@ -280,7 +281,6 @@ def _dispatch(args) -> int:
         return 0
 
     if args.cmd == "timing":
-        from .families import get_family
         from .runner import FULL_PBE, PRESETS, SampleConfig, _families
         from .timing import estimate, fit_power_law, measure
 
