@@ -111,3 +111,25 @@ def test_stats_and_split_commands(frames, tmp_path, capsys):
     assert counts["test_family"] > 0 and counts["test_size"] > 0 and counts["md_only"] == 0
     back = ase.io.read(tmp_path / "sp" / "test_size.extxyz.gz", ":")
     assert len(back) == counts["test_size"]
+
+
+def test_compare_two_labellings(frames):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from polyget.data.stats import compare
+
+    ref = frames[:40]
+    other = []
+    for a in ref:
+        b = a.copy()
+        b.info = dict(a.info)
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy() + 3.0 * len(a),
+                                       forces=a.get_forces() + 0.1)
+        other.append(b)
+    same = compare(ref, ref)
+    assert same["frames"] == 40 and same["force_mae"] == 0.0 and same["force_r"] > 0.999999
+    c = compare(ref, other[::-1])  # matched by frame_id, not by order
+    assert c["force_mae"] == pytest.approx(0.1)
+    assert c["energy_mae_per_atom"] == pytest.approx(0.0, abs=1e-9)  # constant offset removed
+    with pytest.raises(ValueError, match="frame_id"):
+        compare(ref, [])

@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default=None, help="write the per-family Fig. 2 plot here (.png)")
     s.add_argument("--json", default=None, help="also write the table as JSON")
 
+    s = sub.add_parser("compare", help="force/energy agreement of two labellings (by frame_id)")
+    s.add_argument("reference")
+    s.add_argument("other")
+
     s = sub.add_parser("timing", help="measure seconds per reference call; extrapolate a run")
     s.add_argument("--method", default="gfn2")
     s.add_argument("--calc-kwargs", default=None)
@@ -278,6 +282,12 @@ def _dispatch(args) -> int:
         if args.plot:
             plot_fig2(frames, args.plot)
             print(f"wrote {args.plot}")
+        return 0
+
+    if args.cmd == "compare":
+        from .stats import compare, load
+
+        print(json.dumps(compare(load([args.reference]), load([args.other])), indent=1))
         return 0
 
     if args.cmd == "timing":

@@ -94,3 +94,28 @@ def plot_fig2(frames, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def compare(ref, other) -> dict:
+    """Force/energy agreement of two labellings of the same frames (matched by info frame_id),
+    e.g. PBE (ref) vs GFN2-xTB, or a model's predictions vs reference labels.
+
+    Energies are compared after removing the mean offset per family (different methods have
+    different zero points): 'energy_mae_per_atom' is the MAE of (E_other - E_ref)/N minus its
+    family mean."""
+    by_id = {a.info.get("frame_id"): a for a in other}
+    pairs = [(a, by_id[a.info.get("frame_id")]) for a in ref if a.info.get("frame_id") in by_id]
+    if not pairs:
+        raise ValueError("no frames with a common info['frame_id']")
+    fr = np.concatenate([a.get_forces().ravel() for a, _ in pairs])
+    fo = np.concatenate([b.get_forces().ravel() for _, b in pairs])
+    d = np.array([(b.get_potential_energy() - a.get_potential_energy()) / len(a)
+                  for a, b in pairs])
+    fams = np.array([str(a.info.get("family", "?")) for a, _ in pairs])
+    for f in set(fams):
+        d[fams == f] -= d[fams == f].mean()
+    return {"frames": len(pairs), "force_mae": float(np.abs(fo - fr).mean()),
+            "force_rmse": float(np.sqrt(((fo - fr) ** 2).mean())),
+            "force_r": float(np.corrcoef(fr, fo)[0, 1]),
+            "mean_abs_force_ref": float(np.abs(fr).mean()),
+            "energy_mae_per_atom": float(np.abs(d).mean())}
