@@ -8,6 +8,7 @@ Files (atom types 1 H, 2 C, 3 O, the element order of polyget models: ``pair_coe
 
 * ``ck6_15loop.data``    cyclooctane 15-loop (360 atoms), RDKit ETKDGv3 conformer, vacuum box;
 * ``lac2_15loop.data``   gamma-butyrolactone 15-loop (180 atoms), same;
+* ``lac2_3loop.data``    gamma-butyrolactone 3-loop (36 atoms): quick NVE checks (tests);
 * ``melt_lac2.data``     periodic melt: 8 gamma-butyrolactone 3-loops (288 atoms) at about
   0.8 g/cm^3, molecules placed on a grid with random orientations (no pair closer than 1.8 A).
 
@@ -92,6 +93,9 @@ def make_all(outdir: Path) -> dict:
     b = loop("LAC2", 15, seed=0)
     write_data(outdir / "lac2_15loop.data", b, "gamma-butyrolactone 15-loop, %d atoms" % len(b))
     made["lac2_15loop.data"] = len(b)
+    s = loop("LAC2", 3, seed=0, vacuum=8.0)
+    write_data(outdir / "lac2_3loop.data", s, "gamma-butyrolactone 3-loop, %d atoms" % len(s))
+    made["lac2_3loop.data"] = len(s)
     c = melt()
     write_data(outdir / "melt_lac2.data", c,
                "periodic melt of 8 gamma-butyrolactone 3-loops, %d atoms" % len(c))
