@@ -80,12 +80,14 @@ def main(argv=None) -> int:
         model = Path(args.model) if args.model else export_fresh(
             Path(tmp) / "bench.pt", args.layers, args.hidden, args.cutoff, args.dtype)
         meta = read_metadata(str(model))
-        ghostcut = meta["num_layers"] * meta["cutoff"] + 2.0 + 0.01
+        hops = meta.get("receptive_hops", meta["num_layers"] + 1)
+        ghostcut = hops * meta["cutoff"] + 2.0 + 0.01
         rows = [run(model, n, args.steps, args.threads, ghostcut) for n in args.ranks]
     result = {
         "system": "cyclooctane 15-loop (inputs/ck6_15loop.data), 360 atoms, NVT 300 K, 0.5 fs",
         "pair_style": "mliap unified (ghostneigh 1, comm_modify cutoff %.2f)" % ghostcut,
-        "model": {k: meta.get(k) for k in ("elements", "cutoff", "num_layers", "dtype")},
+        "model": {k: meta.get(k) for k in ("elements", "cutoff", "num_layers", "receptive_hops",
+                                           "dtype")},
         "model_file": str(args.model or "fresh network (untrained)"),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "runs": rows,
