@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_native_common import (TOY_ELEMENTS, ToyMessagePassing, edges, export_toy,
+from test_native_common import (TOY_ELEMENTS, ReferenceCalculator, ToyMessagePassing, edges, export_toy,
                                 periodic_melt, reference, ring_polymer, save_jit, species_of,
                                 toy_metadata)
 
@@ -62,6 +62,21 @@ def check_against_reference(model, module, atoms, elements, cutoff):
 
 
 # ----------------------------------------------------------------------------- toy model
+
+def test_reference_path_against_finite_differences():
+    """The Python reference the C++ core is held to: forces and stress by ASE finite
+    differences (so the two paths cannot agree on a common mistake)."""
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+    atoms = periodic_melt()
+    atoms.calc = ReferenceCalculator(ToyMessagePassing())
+    f = atoms.get_forces()
+    f_fd = calculate_numerical_forces(atoms, eps=1e-5, iatoms=[0, 5, 17])
+    np.testing.assert_allclose(f[[0, 5, 17]], f_fd, atol=1e-7, rtol=0)
+    s = atoms.get_stress()
+    s_fd = calculate_numerical_stress(atoms, eps=1e-6)
+    np.testing.assert_allclose(s, s_fd, atol=1e-8, rtol=0)
+
 
 def small_cell():
     """A cell shorter than the cutoff: atoms see their own periodic images (i == j edges)."""
