@@ -47,10 +47,13 @@ install_into_venv() {
     # $1 = prefix holding bin/lmp and lib/liblammps.so*; $2 = source dir (may be empty);
     # $3 = build dir (may be empty); $4 = version string
     local prefix="$1" srcdir="$2" builddir="$3" version="$4"
-    local lmp_bin="$prefix/bin/lmp"
-    [ -x "$lmp_bin" ] || die "no executable $lmp_bin"
+    local lmp_bin=""
+    for f in "$prefix/bin/lmp" "$prefix/lmp" "$prefix/build/lmp" "$prefix/bin/lmp_mpi"; do
+        if [ -x "$f" ]; then lmp_bin="$f"; break; fi
+    done
+    [ -n "$lmp_bin" ] || die "no LAMMPS executable (bin/lmp, lmp or build/lmp) under $prefix"
     local libdir=""
-    for d in "$prefix/lib" "$prefix/lib64" "$prefix/lib/x86_64-linux-gnu"; do
+    for d in "$prefix/lib" "$prefix/lib64" "$prefix/lib/x86_64-linux-gnu" "$prefix" "$prefix/build"; do
         if ls "$d"/liblammps.so* >/dev/null 2>&1; then libdir="$d"; break; fi
     done
     mkdir -p "$VENV/bin" "$VENV/share/polyget" "$PLUGIN_DIR"
@@ -111,7 +114,26 @@ EOF
 # ---------------------------------------------------------------------------------------------
 if [ -n "${LAMMPS_ROOT:-}" ]; then
     log "using existing LAMMPS at LAMMPS_ROOT=$LAMMPS_ROOT"
-    install_into_venv "$LAMMPS_ROOT" "${LAMMPS_SOURCE_DIR:-}" "${LAMMPS_BUILD_DIR:-}" "external"
+    src_dir="${LAMMPS_SOURCE_DIR:-}"
+    if [ -z "$src_dir" ] && [ -f "$LAMMPS_ROOT/src/pair.h" ]; then src_dir="$LAMMPS_ROOT"; fi
+    bld_dir="${LAMMPS_BUILD_DIR:-}"
+    if [ -z "$bld_dir" ] && [ -d "$LAMMPS_ROOT/build" ]; then bld_dir="$LAMMPS_ROOT/build"; fi
+    install_into_venv "$LAMMPS_ROOT" "$src_dir" "$bld_dir" "external"
+    ver="$("$VENV/bin/lmp" -h 2>/dev/null | sed -n 's/^Large-scale Atomic\/Molecular Massively Parallel Simulator - \(.*\)$/\1/p' | head -n1 || true)"
+    if [ -n "$ver" ]; then
+        sed -i "s|^LAMMPS_VERSION=.*|LAMMPS_VERSION=$ver|" "$VENV/share/polyget/lammps.env"
+        # ML-IAP reads .pt files with weights_only=False only from 22 Jul 2025 on
+        "$PY" - "$ver" <<'PYEOF' || log "warning: LAMMPS $ver is older than 22 Jul 2025: pair_style mliap unified cannot load polyget's .pt files with torch >= 2.6 (use a newer LAMMPS)"
+import sys, datetime
+v = " ".join(sys.argv[1].split()[:3])
+try:
+    d = datetime.datetime.strptime(v, "%d %b %Y")
+except ValueError:
+    sys.exit(0)
+sys.exit(0 if d >= datetime.datetime(2025, 7, 22) else 1)
+PYEOF
+    fi
+    [ -n "$src_dir" ] || log "note: no LAMMPS source tree (LAMMPS_SOURCE_DIR): the C++ pair-style plugin cannot be built against this LAMMPS"
     exit 0
 fi
 
