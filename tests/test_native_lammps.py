@@ -162,8 +162,17 @@ def toy(tmp_path_factory):
 
 # ------------------------------------------------------------------- agreement with Python/ASE
 
+def triclinic_melt():
+    """periodic_melt in a skewed cell, already in LAMMPS' lower-triangular form (no rotation)."""
+    atoms = periodic_melt(seed=9)
+    a, b, c = atoms.cell.lengths()
+    atoms.set_cell([[a, 0.0, 0.0], [1.7, b, 0.0], [-1.2, 0.9, c]], scale_atoms=False)
+    atoms.wrap()
+    return atoms
+
+
 @pytest.mark.parametrize("ghosts", ["auto", "halo"])
-@pytest.mark.parametrize("structure", ["isolated", "periodic", "small_cell"])
+@pytest.mark.parametrize("structure", ["isolated", "periodic", "small_cell", "triclinic"])
 def test_matches_ase_reference(tmp_path, toy, structure, ghosts):
     """run 0 vs the Python reference; `small_cell` (3.3 x 3.6 x 3.9 A, cutoff 4 A) has atoms
     bonded to their own periodic images."""
@@ -171,7 +180,8 @@ def test_matches_ase_reference(tmp_path, toy, structure, ghosts):
 
     path, module = toy
     atoms = {"isolated": lambda: ring_polymer(16, oxygen_every=4, vacuum=10.0),
-             "periodic": periodic_melt, "small_cell": small_cell}[structure]()
+             "periodic": periodic_melt, "small_cell": small_cell,
+             "triclinic": triclinic_melt}[structure]()
     atoms.pbc = True  # LAMMPS box; the isolated ring has 20 A of vacuum (> 2 layers x 4 A)
     res, out = lammps_single_point(tmp_path, atoms, f"{path} ghosts {ghosts}")
     e, f, s, ae = reference(module, atoms)
