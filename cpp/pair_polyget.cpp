@@ -32,6 +32,9 @@
 
 using namespace LAMMPS_NS;
 
+// 1 eV in kcal/mol, as in polyget.lammps.mliap (units real)
+static constexpr double EV_TO_KCAL_PER_MOL = 23.060548;
+
 static const char *const SYNTAX_STYLE =
     "expected: pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N] "
     "[ghosts auto|halo|fold]";
@@ -40,7 +43,7 @@ static const char *const SYNTAX_STYLE =
 
 PairPolyGET::PairPolyGET(LAMMPS *lmp) :
     Pair(lmp), device_request("auto"), nthreads_request(-1), cutoff(0.0), halo(0.0),
-    ghost_mode(GHOSTS_AUTO), use_fold(false), map(nullptr)
+    energy_scale(1.0), ghost_mode(GHOSTS_AUTO), use_fold(false), map(nullptr)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -103,23 +106,25 @@ void PairPolyGET::compute(int eflag, int vflag)
   }
 
   // forces: F_i += fij, F_j -= fij  (fij = dE/d(r_j - r_i)); ghost forces go back by reverse comm
+  // (times energy_scale: eV -> the LAMMPS energy unit)
+  const double scale = energy_scale;
   const double *fij = model->fij();
   for (int64_t k = 0; k < nedges; k++) {
     const int i = static_cast<int>(edge_i[k]);
     const int j = force_j[k];
     const double *g = fij + 3 * k;
-    f[i][0] += g[0];
-    f[i][1] += g[1];
-    f[i][2] += g[2];
-    f[j][0] -= g[0];
-    f[j][1] -= g[1];
-    f[j][2] -= g[2];
+    f[i][0] += scale * g[0];
+    f[i][1] += scale * g[1];
+    f[i][2] += scale * g[2];
+    f[j][0] -= scale * g[0];
+    f[j][1] -= scale * g[1];
+    f[j][2] -= scale * g[2];
   }
 
-  if (eflag_global) eng_vdwl += model->energy();
+  if (eflag_global) eng_vdwl += scale * model->energy();
   if (eflag_atom) {
     const double *ae = model->atom_energy();
-    for (int i = 0; i < nlocal; i++) eatom[i] += ae[i];
+    for (int i = 0; i < nlocal; i++) eatom[i] += scale * ae[i];
   }
 
   // virial: global by fdotr over owned + ghost atoms (or explicitly), per-atom explicitly;
@@ -129,8 +134,8 @@ void PairPolyGET::compute(int eflag, int vflag)
     for (int64_t k = 0; k < nedges; k++) {
       const double *r = edge_vec.data() + 3 * k;
       const double *g = fij + 3 * k;
-      const double v[6] = {-r[0] * g[0], -r[1] * g[1], -r[2] * g[2],
-                           -r[0] * g[1], -r[0] * g[2], -r[1] * g[2]};
+      const double v[6] = {-scale * r[0] * g[0], -scale * r[1] * g[1], -scale * r[2] * g[2],
+                           -scale * r[0] * g[1], -scale * r[0] * g[2], -scale * r[1] * g[2]};
       if (vflag_global && !vflag_fdotr)
         for (int c = 0; c < 6; c++) virial[c] += v[c];
       if (vflag_atom) {
@@ -405,9 +410,15 @@ void PairPolyGET::init_style()
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style polyget requires newton pair on (ghost-atom forces are "
                       "reverse-communicated): use 'newton on' (the default), not 'newton off'");
-  if (strcmp(update->unit_style, "metal") != 0)
-    error->all(FLERR, std::string("pair_style polyget requires units metal (the model works in eV "
-                                  "and Angstrom); found units ") + update->unit_style +
+  // the model works in eV and Angstrom: metal is native, real (kcal/mol, Angstrom) is converted
+  // with the same factor as the ML-IAP path (polyget.lammps.mliap), anything else is refused
+  if (strcmp(update->unit_style, "metal") == 0)
+    energy_scale = 1.0;
+  else if (strcmp(update->unit_style, "real") == 0)
+    energy_scale = EV_TO_KCAL_PER_MOL;
+  else
+    error->all(FLERR, std::string("pair_style polyget requires units metal or real (the model "
+                                  "works in eV and Angstrom); found units ") + update->unit_style +
                           ": use 'units metal'");
 
   // molecular topology: special_bonds factors of 0 drop bonded pairs from the neighbour list,

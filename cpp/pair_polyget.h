@@ -47,6 +47,7 @@ class PairPolyGET : public Pair {
   std::string device_request;
   int nthreads_request;    // -1: LAMMPS's own thread count (OMP_NUM_THREADS / package omp)
   double cutoff;           // model cutoff (Angstrom)
+  double energy_scale;     // model eV -> LAMMPS energy unit (1 for metal, kcal/mol per eV for real)
   double halo;             // receptive_hops * cutoff: ghost atoms needed around a subdomain
   enum { GHOSTS_AUTO, GHOSTS_HALO, GHOSTS_FOLD };
   int ghost_mode;          // requested

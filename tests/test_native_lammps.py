@@ -557,16 +557,31 @@ def test_error_newton_off(tmp_path, toy):
     expect_lammps_error(tmp_path, {"newton": "off"}, "requires newton pair on", model=path)
 
 
-def test_error_units_real(tmp_path, toy):
+def test_units_real_is_converted(tmp_path, toy):
+    """units real: energies, forces and virial are the metal ones times 23.060548 kcal/mol/eV."""
     path, _ = toy
+    atoms = periodic_melt(seed=8)
+    metal, _ = lammps_single_point(tmp_path, atoms, path, tag="metal")
     work = tmp_path / "real"
     work.mkdir()
-    types = write_data(ring_polymer(6), work / "data.lmp")
+    types = write_data(atoms, work / "data.lmp")
     deck = single_point_deck(path, types).replace("units metal", "units real")
+    _, out = run_lammps(work, deck)
+    real = parse_single_point(work, out)  # "stress" here is in real units' pressure: not compared
+    k = 23.060548
+    assert abs(real["energy"] - k * metal["energy"]) < 1e-8 * abs(real["energy"])
+    np.testing.assert_allclose(real["forces"], k * metal["forces"], atol=1e-8, rtol=0)
+    np.testing.assert_allclose(real["atom_energies"], k * metal["atom_energies"], atol=1e-8, rtol=0)
+
+
+def test_error_units_lj(tmp_path, toy):
+    path, _ = toy
+    work = tmp_path / "lj"
+    work.mkdir()
+    types = write_data(ring_polymer(6), work / "data.lmp")
+    deck = single_point_deck(path, types).replace("units metal", "units lj")
     code, out = run_lammps(work, deck, check=False)
-    assert code != 0 and "requires units metal" in out, out[-2000:]
-
-
+    assert code != 0 and "requires units metal or real" in out, out[-2000:]
 @pytest.mark.parametrize("special", ["", "special_bonds lj/coul 1.0 1.0 1.0"])
 def test_molecular_topology_needs_all_pairs(tmp_path, toy, special):
     """Bonds with the default special_bonds (0 0 0) would drop bonded pairs from the graph:
