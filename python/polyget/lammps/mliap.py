@@ -453,16 +453,48 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                     raise self._error(h, 
                         "polyget: a ghost atom has no owned atom with its tag on this single "
                         "rank (atom IDs missing?); use `atom_modify id yes`")
-            gi = pair_i[keep]
-            gj = owner[pair_j[keep]]
         else:
             keep = np.ones(npairs, dtype=bool)
             nodes = ntotal
-            gi, gj = pair_i, pair_j
+
+        # pairs in the skin (cutoff < r < cutoff + skin) contribute exactly zero (contract):
+        # dropping them halves the model's work
+        keep &= np.einsum("ij,ij->i", rij, rij) < self.cutoff * self.cutoff
+        if folded:
+            gi, gj = pair_i[keep], owner[pair_j[keep]]
+        else:
+            gi, gj = pair_i[keep], pair_j[keep]
+
+        # several ranks: keep only the receptive field of the owned atoms. Messages flow j -> i;
+        # a node h hops from an owned atom needs its own neighbours only while h <= hops - 1.
+        # With a generous `comm_modify cutoff` (small periodic boxes) most ghosts drop out.
+        node_ids = None
+        if not folded and ntotal > nlocal and self.receptive_hops >= 1:
+            hop = np.full(nodes, np.iinfo(np.int64).max, dtype=np.int64)
+            hop[:nlocal] = 0
+            frontier = np.zeros(nodes, dtype=bool)
+            frontier[:nlocal] = True
+            for k in range(1, self.receptive_hops + 1):
+                reached = np.zeros(nodes, dtype=bool)
+                reached[gj[frontier[gi]]] = True
+                reached &= hop > k
+                hop[reached] = k
+                frontier = reached
+                if not frontier.any():
+                    break
+            sel = hop[gi] <= self.receptive_hops - 1
+            keep_idx = np.flatnonzero(keep)[sel]
+            keep = np.zeros(npairs, dtype=bool)
+            keep[keep_idx] = True
+            node_ids = np.flatnonzero(hop <= self.receptive_hops)  # owned atoms come first
+            remap = np.full(nodes, -1, dtype=np.int64)
+            remap[node_ids] = np.arange(node_ids.size)
+            gi, gj = remap[gi[sel]], remap[gj[sel]]
+            nodes = node_ids.size
 
         model = self._torch_model()
         dev, dtype = self._device, self._dtype
-        species_np = species_all[:nodes].copy()
+        species_np = (species_all[:nodes] if node_ids is None else species_all[node_ids]).copy()
         null_atoms = species_np < 0
         species_np[null_atoms] = 0
         species = torch.from_numpy(species_np).to(dev)
@@ -484,7 +516,7 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         fij[keep] = grad.detach().to("cpu", torch.float64).numpy() * factor
         e_np = (e_atoms * mask).detach().to("cpu", torch.float64).numpy() * factor
         data.energy = float(e_np[:nlocal].sum())
-        if nlist:
+        if nlist:  # list atoms are owned atoms: indices < nlocal, unchanged by the remap
             data.eatoms = np.ascontiguousarray(e_np[iatoms])
         if npairs:
             data.update_pair_forces(np.ascontiguousarray(fij))
