@@ -206,3 +206,39 @@ def test_non_polyget_pickle_given_to_mliap(tiny, tmp_path, kind):
     assert not res["ok"]
     assert "not an ML-IAP unified model" in res["output"]
     assert "python/export.py" in res["output"]
+
+
+BONDED = """
+units metal
+atom_style bond
+region b block 0 12 0 12 0 12
+create_box 3 b bond/types 1 extra/bond/per/atom 3 extra/special/per/atom 6
+mass 1 1.008
+mass 2 12.011
+mass 3 15.999
+create_atoms 2 single 5.0 5.0 5.0
+create_atoms 1 single 6.09 5.0 5.0
+create_atoms 1 single 4.64 6.03 5.0
+create_atoms 3 single 4.52 4.32 6.2
+bond_style zero
+bond_coeff *
+create_bonds single/bond 1 1 2
+create_bonds single/bond 1 1 3
+create_bonds single/bond 1 1 4
+{special}
+pair_style mliap unified {model} 0
+pair_coeff * * H C O
+run 0
+print "RESULT $(pe:%.17g)"
+"""
+
+
+def test_bonded_styles_need_special_bonds_1(tiny, tmp_path):
+    """Data with bonds: LAMMPS' default special_bonds drops bonded pairs; polyget refuses."""
+    bad = run_lmp(BONDED.format(special="", model=tiny["pt"]), tmp_path, name="b0.in",
+                  check=False)
+    assert bad.returncode != 0
+    assert "special_bonds lj/coul 1.0 1.0 1.0" in bad.stdout
+    good = run_lmp(BONDED.format(special="special_bonds lj/coul 1.0 1.0 1.0", model=tiny["pt"]),
+                   tmp_path, name="b1.in")
+    assert "RESULT" in good.stdout

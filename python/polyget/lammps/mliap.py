@@ -187,6 +187,21 @@ class _LammpsHandle:
         ctype = ctypes.c_int64 if self.setting("tagint") == 8 else ctypes.c_int32
         return np.ctypeslib.as_array((ctype * n).from_address(p)).astype(np.int64)
 
+    def bonded_pairs_excluded(self) -> bool:
+        """True when `special_bonds` (lj and coul 0.0, LAMMPS' default) drops bonded pairs
+        from the neighbour list of a system that has bonds."""
+        p = self.lib.lammps_extract_global(self.ptr, b"nbonds")
+        nbonds = ctypes.c_int64.from_address(p).value if p else 0
+        if nbonds <= 0 or self.setting("maxspecial") <= 0:
+            return False
+        lj = self.lib.lammps_extract_global(self.ptr, b"special_lj")
+        coul = self.lib.lammps_extract_global(self.ptr, b"special_coul")
+        if not lj or not coul:
+            return False
+        lj4 = (ctypes.c_double * 4).from_address(lj)
+        coul4 = (ctypes.c_double * 4).from_address(coul)
+        return any(lj4[k] == 0.0 and coul4[k] == 0.0 for k in (1, 2, 3))
+
     def ghost_cutoff(self) -> float:
         """The distance out to which this rank holds ghost atoms (Comm::get_comm_cutoff)."""
         cutghostuser = ctypes.c_double.from_address(self._comm + self._PTRS_END + 48).value
@@ -391,6 +406,11 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         codes[2] = int(ghosts_without_lists)
         codes[3] = 0 if units in _UNIT_FACTORS else 1
         codes = self._agree(codes)
+        if h.ok and h.bonded_pairs_excluded():  # a global setting: same verdict on every rank
+            raise self._error(h, 
+                "polyget: special_bonds removes bonded pairs from the neighbour list (LAMMPS' "
+                "default for data files with bonds), but the model needs every pair within its "
+                "cutoff: add `special_bonds lj/coul 1.0 1.0 1.0` to the input")
         if codes[3]:
             raise self._error(h, 
                 "polyget: units %s are not supported: polyget models are in eV and Angstrom; "
