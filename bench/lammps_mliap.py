@@ -76,6 +76,7 @@ def main(argv=None) -> int:
 
     from polyget.lammps.mliap import read_metadata
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else export_fresh(
             Path(tmp) / "bench.pt", args.layers, args.hidden, args.cutoff, args.dtype)
@@ -89,7 +90,9 @@ def main(argv=None) -> int:
         "model": {k: meta.get(k) for k in ("elements", "cutoff", "num_layers", "receptive_hops",
                                            "dtype")},
         "model_file": str(args.model or "fresh network (untrained)"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "load_avg_1min_before_after": [load_before[0], os.getloadavg()[0]],
+                    "note": "shared machine: other jobs ran at the same time"},
         "runs": rows,
     }
     out = REPO / "bench" / "results" / ("lammps_mliap_%s.json" % args.tag)
