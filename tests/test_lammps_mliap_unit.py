@@ -48,6 +48,12 @@ def lammps_elems(symbols):
     return [CHEMICAL_SYMBOLS.index(s) for s in symbols]
 
 
+@pytest.fixture(autouse=True)
+def _no_lammps_handle(monkeypatch):
+    """Outside LAMMPS the ghost cutoff cannot be read; these tests choose it themselves."""
+    monkeypatch.setenv("POLYGET_GHOST_CUTOFF_OK", "1")
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     d = tmp_path_factory.mktemp("mliap")
@@ -247,3 +253,10 @@ def test_cuda_request_falls_back_to_cpu_with_a_warning(exported, capsys, monkeyp
     else:
         assert obj._device.type == "cpu"
         assert "CUDA requested" in capsys.readouterr().err
+
+
+def test_unverifiable_ghost_cutoff_is_refused(exported, monkeypatch):
+    """Ghost lists but no way to read the ghost cutoff: refuse instead of guessing."""
+    monkeypatch.delenv("POLYGET_GHOST_CUTOFF_OK")
+    with pytest.raises(PolyGETLammpsError, match="comm_modify cutoff.*POLYGET_GHOST_CUTOFF_OK"):
+        run_decomposed(exported["obj"], long_chain(), 2, ghost_cut=14.0, pair_cut=6.0)

@@ -440,6 +440,15 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                     "%.4g A cutoff + %.4g A skin: add `comm_modify cutoff %.1f` (or larger) to "
                     "the input" % (have, self.receptive_hops, self.cutoff, skin,
                                    math.ceil(need * 10.0) / 10.0))
+        if (not h.ok and self.receptive_hops > 1 and codes[1] and npairs
+                and np.any(pair_j >= nlocal) and not os.environ.get("POLYGET_GHOST_CUTOFF_OK")):
+            # ghostneigh 1 but the ghost cutoff cannot be read: refuse rather than guess
+            raise self._error(h, 
+                "polyget: cannot inspect this LAMMPS (%s), so the ghost cutoff cannot be "
+                "checked. Make sure `comm_modify cutoff` >= %d hops x %.4g A + skin (e.g. %.1f) "
+                "and set POLYGET_GHOST_CUTOFF_OK=1 to proceed"
+                % (h.reason, self.receptive_hops, self.cutoff,
+                   math.ceil(self.required_ghost_cutoff(2.0) * 10) / 10))
         if not folded and nprocs == 1 and self.receptive_hops > 1 and codes[2]:
             # without the LAMMPS handle, periodic images cannot be folded onto their atoms
             if npairs and np.any(pair_j >= nlocal):
