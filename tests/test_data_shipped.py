@@ -133,3 +133,37 @@ def test_compare_two_labellings(frames):
     assert c["energy_mae_per_atom"] == pytest.approx(0.0, abs=1e-9)  # constant offset removed
     with pytest.raises(ValueError, match="frame_id"):
         compare(ref, [])
+
+
+PBE = ROOT / "data" / "poly-mini-pbe.extxyz.gz"
+
+
+def test_shipped_pbe_check_set(frames):
+    from polyget.data.stats import compare
+
+    pbe = ase.io.read(PBE, ":")
+    man = json.loads((ROOT / "data" / "poly-mini-pbe.manifest.json").read_text())
+    assert len(pbe) == man["n_frames"] == 40
+    assert man["method"] == "PBE" and man["method_settings"]["basis"] == "def2-SVP"
+    assert {a.info["method"] for a in pbe} == {"PBE"}
+    assert {a.info["source_method"] for a in pbe} == {"GFN2-xTB"}
+    assert len({a.info["family"] for a in pbe}) == 10
+    gfn2 = {a.info["frame_id"]: a for a in frames}
+    for a in pbe:
+        np.testing.assert_allclose(a.positions, gfn2[a.info["frame_id"]].positions, atol=1e-7)
+    # GFN2-xTB vs PBE on the same geometries: a different surface (cf. ENV.md: MAE 0.3 eV/A)
+    c = compare(pbe, frames)
+    assert c["frames"] == 40
+    assert 0.15 < c["force_mae"] < 0.6 and c["force_r"] > 0.9
+
+
+@pytest.mark.slow
+def test_shipped_pbe_labels_are_real():
+    pytest.importorskip("pyscf")
+    from polyget.data.labels import label, make_calculator
+
+    pbe = ase.io.read(PBE, ":")
+    small = min(pbe, key=len)  # a 7-atom ethylene oxide frame: ~5-20 s
+    fresh = label(small, make_calculator("pbe"))
+    assert fresh.get_potential_energy() == pytest.approx(small.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(fresh.get_forces(), small.get_forces(), atol=1e-4)
