@@ -19,7 +19,6 @@ specorder=["H", "C", "O"], masses=True, units="metal")``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ase.neighborlist import neighbor_list
 
 from conftest import polymer_like, tiny_model
 from polyget.ase import PolyGETCalculator
@@ -209,13 +208,12 @@ def test_unknown_element_names_model_elements(exported):
 
 
 def test_empty_rank(exported):
-    atoms = polymer_like()
+    """A rank that owns no atom (only ghosts): zero energy, no forces."""
     obj = exported["obj"]
     data = FakeData(0, 3, [0, 1], [1, 0], [[1.0, 0, 0], [-1.0, 0, 0]],
                     lammps_elems(["C", "H", "H"]), True)
     obj.compute_forces(data)
     assert data.energy == 0.0 and not data.f.any()
-    del atoms
 
 
 def test_wrong_format_version_is_refused(exported, tmp_path):

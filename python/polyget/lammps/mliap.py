@@ -43,7 +43,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from typing import Any, Dict, List, Optional
 
 import numpy as np
