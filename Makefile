@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-python setup-lammps setup-native test demo bench clean
+.PHONY: setup setup-python setup-lammps setup-native test demo bench data-mini data-full clean
 
 setup: setup-python setup-lammps setup-native
 
@@ -39,6 +39,21 @@ demo: setup-lammps
 	@test -f $(DEMO_MODEL) || { echo "demo: $(DEMO_MODEL) is missing (python python/export.py CKPT -o $(DEMO_MODEL))"; exit 1; }
 	$(VENV)/bin/lmp -in inputs/demo.in -var model $(DEMO_MODEL) -var steps $(DEMO_STEPS) -log none
 	@echo "demo: steps/s is the 'timesteps/s' figure on the Performance line above"
+
+# Benchmarks (bench/README.md): results in bench/results/*.json and *.md.
+bench: setup
+	$(PY) bench/bench_model.py --threads 2
+	$(PY) bench/lammps_mliap.py --model potentials/polyget-mini.pt --ranks 1 2
+	$(PY) bench/bench_native.py --model potentials/polyget-mini.pt
+
+# Reference data (docs/data.md). data-mini regenerates the shipped GFN2-xTB set (~1 h on 2 cores);
+# data-full makes the Poly24-style set (~9 h on 2 cores with OpenBLAS, see docs/data.md).
+data-mini: setup-python
+	OMP_NUM_THREADS=1 $(VENV)/bin/polyget data generate --preset mini --workers 2 -o build/poly-mini
+	cp build/poly-mini/poly-mini-gfn2.* data/
+
+data-full: setup-python
+	OMP_NUM_THREADS=1 $(VENV)/bin/polyget data generate --preset full --workers 2 -o build/poly24
 
 clean:
 	rm -rf build python/polyget/*.so
