@@ -61,6 +61,22 @@ def run(model: Path, ranks: int, steps: int, threads: int, ghostcut: float) -> d
             "steps_per_s": float(m[-1]), "loop_time_s": float(loop[-1][0]), "wall_s": wall}
 
 
+def cpu_probe() -> dict:
+    """Wall time of a CPU-bound loop alone and with two copies at once: whether the machine
+    really gives two free cores (on a shared machine it often does not)."""
+    code = "s = 0\nfor i in range(10_000_000): s += i"
+    t0 = time.time()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    one = time.time() - t0
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    for p in procs:
+        p.wait()
+    two = time.time() - t0
+    return {"one_process_s": round(one, 3), "two_processes_s": round(two, 3),
+            "effective_cores_for_2": round(2 * one / two, 2)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="exported NAME.pt (default: a fresh network)")
@@ -77,6 +93,7 @@ def main(argv=None) -> int:
     from polyget.lammps.mliap import read_metadata
 
     load_before = os.getloadavg()
+    probe = cpu_probe()
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else export_fresh(
             Path(tmp) / "bench.pt", args.layers, args.hidden, args.cutoff, args.dtype)
@@ -92,6 +109,7 @@ def main(argv=None) -> int:
         "model_file": str(args.model or "fresh network (untrained)"),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_1min_before_after": [load_before[0], os.getloadavg()[0]],
+                    "cpu_probe": probe,
                     "note": "shared machine: other jobs ran at the same time"},
         "runs": rows,
     }
@@ -103,6 +121,7 @@ def main(argv=None) -> int:
     for r in rows:
         print("| %d | %d | %d | %.2f | %.1f |" % (r["ranks"], r["threads_per_rank"], r["steps"],
                                                  r["steps_per_s"], r["loop_time_s"]))
+    print("CPU probe: %.2f effective cores for 2 processes" % probe["effective_cores_for_2"])
     print("written", out)
     return 0
 

@@ -520,6 +520,12 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
             gi, gj = remap[gi[sel]], remap[gj[sel]]
             nodes = node_ids.size
 
+        if os.environ.get("POLYGET_DEBUG_GRAPH") and "graph" not in self._warned:
+            self._warned.add("graph")
+            print("polyget graph (rank %s): nlocal %d ntotal %d pairs %d -> nodes %d edges %d"
+                  % (h.rank if h.ok else "?", nlocal, ntotal, npairs, nodes, int(keep.sum())),
+                  file=sys.stderr, flush=True)
+
         model = self._torch_model()
         dev, dtype = self._device, self._dtype
         species_np = (species_all[:nodes] if node_ids is None else species_all[node_ids]).copy()
