@@ -90,10 +90,7 @@ void PairPolyGET::compute(int eflag, int vflag)
     return;
   }
 
-  if (use_fold)
-    build_edges_fold();
-  else
-    build_edges_halo();
+  build_edges(use_fold);
   const int64_t natoms = static_cast<int64_t>(species.size());
   const int64_t nedges = static_cast<int64_t>(edge_i.size());
 
@@ -151,69 +148,27 @@ void PairPolyGET::compute(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
-   halo mode (any number of ranks): the model runs on owned + ghost atoms; edges from the full
-   neighbour lists of both (ghost atoms out to receptive_hops * cutoff), within the model cutoff
+   edges of the model graph, within the model cutoff, from the full neighbour list.
+   halo mode (fold = false, any number of ranks): the model runs on owned + ghost atoms, with
+   the neighbour lists of both (ghost atoms out to receptive_hops * cutoff).
+   fold mode (fold = true, one rank): the model runs on owned atoms only; a neighbour that is a
+   periodic image (ghost) is replaced by its owned original (atom map), keeping the image's
+   edge vector. -fij still goes to the ghost image (force_j), so reverse comm and the fdotr
+   virial stay right.
 ------------------------------------------------------------------------- */
 
-void PairPolyGET::build_edges_halo()
-{
-  double **x = atom->x;
-  const int *type = atom->type;
-  const int ntotal = atom->nlocal + atom->nghost;
-
-  species.resize(ntotal);
-  for (int i = 0; i < ntotal; i++) species[i] = map[type[i]];
-
-  const int inum = list->inum;
-  const int gnum = list->gnum;
-  const int *ilist = list->ilist;
-  const int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
-  const double cutsq_model = cutoff * cutoff;
-
-  edge_i.clear();
-  edge_j.clear();
-  force_j.clear();
-  edge_vec.clear();
-  for (int ii = 0; ii < inum + gnum; ii++) {
-    const int i = ilist[ii];
-    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
-    const int *jlist = firstneigh[i];
-    const int jnum = numneigh[i];
-    for (int jj = 0; jj < jnum; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      const double dx = x[j][0] - xi;
-      const double dy = x[j][1] - yi;
-      const double dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz < cutsq_model) {
-        edge_i.push_back(i);
-        edge_j.push_back(j);
-        force_j.push_back(j);
-        edge_vec.push_back(dx);
-        edge_vec.push_back(dy);
-        edge_vec.push_back(dz);
-      }
-    }
-  }
-}
-
-/* ----------------------------------------------------------------------
-   fold mode (one rank): the model runs on owned atoms only; a neighbour that is a periodic
-   image (ghost) is replaced by its owned original (atom map), keeping the image's edge vector.
-   -fij still goes to the ghost image, so reverse comm and the fdotr virial stay right.
-------------------------------------------------------------------------- */
-
-void PairPolyGET::build_edges_fold()
+void PairPolyGET::build_edges(bool fold)
 {
   double **x = atom->x;
   const int *type = atom->type;
   const tagint *tag = atom->tag;
   const int nlocal = atom->nlocal;
+  const int nnodes = fold ? nlocal : nlocal + atom->nghost;
 
-  species.resize(nlocal);
-  for (int i = 0; i < nlocal; i++) species[i] = map[type[i]];
+  species.resize(nnodes);
+  for (int i = 0; i < nnodes; i++) species[i] = map[type[i]];
 
-  const int inum = list->inum;
+  const int ncentres = fold ? list->inum : list->inum + list->gnum;
   const int *ilist = list->ilist;
   const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
@@ -223,7 +178,7 @@ void PairPolyGET::build_edges_fold()
   edge_j.clear();
   force_j.clear();
   edge_vec.clear();
-  for (int ii = 0; ii < inum; ii++) {
+  for (int ii = 0; ii < ncentres; ii++) {
     const int i = ilist[ii];
     const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
     const int *jlist = firstneigh[i];
@@ -233,21 +188,20 @@ void PairPolyGET::build_edges_fold()
       const double dx = x[j][0] - xi;
       const double dy = x[j][1] - yi;
       const double dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz < cutsq_model) {
-        int jown = j;
-        if (j >= nlocal) {
-          jown = atom->map(tag[j]);
-          if (jown < 0 || jown >= nlocal)
-            error->one(FLERR, "pair_style polyget (ghosts fold): ghost atom {} has no owned "
-                              "original on this rank; use 'ghosts halo'", tag[j]);
-        }
-        edge_i.push_back(i);
-        edge_j.push_back(jown);
-        force_j.push_back(j);
-        edge_vec.push_back(dx);
-        edge_vec.push_back(dy);
-        edge_vec.push_back(dz);
+      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      int jnode = j;
+      if (fold && j >= nlocal) {
+        jnode = atom->map(tag[j]);
+        if (jnode < 0 || jnode >= nlocal)
+          error->one(FLERR, "pair_style polyget (ghosts fold): ghost atom {} has no owned "
+                            "original on this rank; use 'ghosts halo'", tag[j]);
       }
+      edge_i.push_back(i);
+      edge_j.push_back(jnode);
+      force_j.push_back(j);
+      edge_vec.push_back(dx);
+      edge_vec.push_back(dy);
+      edge_vec.push_back(dz);
     }
   }
 }

@@ -38,8 +38,7 @@ class PairPolyGET : public Pair {
 
  protected:
   void allocate();
-  void build_edges_halo();
-  void build_edges_fold();
+  void build_edges(bool fold);
   [[noreturn]] void model_error_all(const std::string &where, const std::string &what);
 
   std::unique_ptr<polyget::Model> model;
