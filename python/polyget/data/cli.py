@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default=None, help="write the per-family Fig. 2 plot here (.png)")
     s.add_argument("--json", default=None, help="also write the table as JSON")
 
+    s = sub.add_parser("report", help="cost per kept frame and force distribution per sampler "
+                                      "of a `generate` output folder")
+    s.add_argument("outdir")
+    s.add_argument("--json", default=None, help="also write the numbers as JSON")
+    s.add_argument("--md", default=None, help="also write the tables as markdown")
+
     s = sub.add_parser("compare", help="force/energy agreement of two labellings (by frame_id)")
     s.add_argument("reference")
     s.add_argument("other")
@@ -315,6 +321,20 @@ def _dispatch(args) -> int:
         if args.plot:
             plot_fig2(frames, args.plot)
             print(f"wrote {args.plot}")
+        return 0
+
+    if args.cmd == "report":
+        from .stats import format_sampler_report, sampler_report
+
+        rep = sampler_report(args.outdir)
+        text = format_sampler_report(rep)
+        print(text)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rep, fh, indent=1)
+        if args.md:
+            with open(args.md, "w") as fh:
+                fh.write(text + "\n")
         return 0
 
     if args.cmd == "compare":
