@@ -19,7 +19,8 @@ PBE = DATA / "poly24-v1-pbe.extxyz.xz"
 
 @pytest.fixture(scope="module")
 def v1():
-    return ase.io.read(V1, ":")
+    from polyget.data.io import read_frames  # ase.io.read, decompressed in memory first
+    return read_frames(V1)
 
 
 def test_v1_families_and_loops(v1):
@@ -84,7 +85,7 @@ def test_v1_relabel_random_frames_with_gfn2(v1):
 
 
 def test_15_loops():
-    frames = ase.io.read(LOOPS15, ":")
+    frames = ase.io.read(LOOPS15, ":")  # small file: ase.io.read directly
     sizes = {"CK6": 360, "OTH4": 360, "LAC2": 180, "LAC5": 240}
     c = Counter(a.info["family"] for a in frames)
     for fam, n in sizes.items():

@@ -108,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default=None, help="write the per-family Fig. 2 plot here (.png)")
     s.add_argument("--json", default=None, help="also write the table as JSON")
 
+    s = sub.add_parser("pack", help="rewrite a dataset compactly (.extxyz.xz, rounded numbers) "
+                                    "with its manifest, for shipping")
+    s.add_argument("input")
+    s.add_argument("output", help="e.g. data/NAME.extxyz.xz")
+    s.add_argument("--decimals", type=int, default=5,
+                   help="decimals kept for positions (A) and forces (eV/A); default 5")
+
     s = sub.add_parser("report", help="cost per kept frame and force distribution per sampler "
                                       "of a `generate` output folder")
     s.add_argument("outdir")
@@ -154,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         raise
+
+
+def _manifest_path(path: str) -> str:
+    base = str(path)
+    for ext in (".gz", ".xz", ".extxyz", ".xyz"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+    return base + ".manifest.json"
 
 
 def _build_md_loops(cfg, fams: str, out: str, L: int = 15, n_frames: int | None = None) -> None:
@@ -321,6 +336,23 @@ def _dispatch(args) -> int:
         if args.plot:
             plot_fig2(frames, args.plot)
             print(f"wrote {args.plot}")
+        return 0
+
+    if args.cmd == "pack":
+        from .io import read_frames, write_frames
+
+        frames = read_frames(args.input)
+        write_frames(args.output, frames, decimals=args.decimals)
+        size = os.path.getsize(args.output)
+        src_man = _manifest_path(args.input)
+        if os.path.exists(src_man):
+            man = json.loads(open(src_man).read())
+            man["file"] = os.path.basename(args.output)
+            man["packed"] = {"from": os.path.basename(args.input), "decimals": args.decimals,
+                             "size_bytes": size, "n_frames": len(frames)}
+            with open(_manifest_path(args.output), "w") as fh:
+                json.dump(man, fh, indent=1)
+        print(f"{len(frames)} frames -> {args.output} ({size / 1e6:.1f} MB)")
         return 0
 
     if args.cmd == "report":
