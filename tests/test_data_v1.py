@@ -31,11 +31,11 @@ def test_v1_families_and_loops(v1):
     assert {f for f, _ in counts} == set(FAMILIES)
     for fam in FAMILIES:
         for L in range(1, 7):
-            # balanced: every (family, loop) system within 15 % of the planned 148 frames
-            assert 125 <= counts[(fam, L)] <= 148, (fam, L, counts[(fam, L)])
+            # balanced: every (family, loop) system within 15 % of the planned 146 frames
+            assert 124 <= counts[(fam, L)] <= 146, (fam, L, counts[(fam, L)])
     samplers = Counter(a.info["config_type"] for a in v1)
     assert set(samplers) == {"md", "rattle", "mmff-md", "normal-mode"}
-    assert samplers["md"] >= 0.08 * len(v1)          # the reference method's own MD is there
+    assert samplers["md"] >= 0.06 * len(v1)          # the reference method's own MD is there
     ids = [a.info["frame_id"] for a in v1]
     assert len(set(ids)) == len(ids)
 

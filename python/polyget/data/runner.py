@@ -108,15 +108,15 @@ PRESETS: dict[str, dict] = {
                  md_frames=24, rattle_frames=6, stride=20, equil_steps=40, relax_steps=30),
     # Dataset v1 (docs/data.md): 24 families x L = 1..6, 4 conformers per system. Most frames
     # come from cheap dynamics labelled by GFN2 (MMFF94 Langevin MD at 300-900 K, normal-mode
-    # displacements at 300/600 K, rattles); a smaller share is true GFN2 Langevin MD (2
-    # trajectories per system) so the reference method's own thermal distribution is there.
-    # 4 * (22 + 8 + 3) + 2 * 8 = 148 frames per system, 21,312 planned, near-duplicates removed.
+    # displacements at 300/600 K, rattles); a smaller share is true GFN2 Langevin MD (one 500 K
+    # trajectory per system) so the reference method's own thermal distribution is there.
+    # 4 * (23 + 8 + 3) + 10 = 146 frames per system, 21,024 planned, near-duplicates removed.
     "v1": dict(method="gfn2", name="poly24-v1-gfn2", families=["all"],
-               loops=[1, 2, 3, 4, 5, 6], n_conf=4, temperatures=[300.0, 600.0],
-               md_trajs=2, md_frames=8, stride=8, equil_steps=16, rattle_frames=3,
-               relax_steps=0, mmff_minimize=True, mmff_frames=22,
-               mmff_temperatures=[300.0, 500.0, 700.0, 900.0], mmff_stride=50,
-               mmff_equil=200, nm_frames=8, nm_temperatures=[300.0, 600.0],
+               loops=[1, 2, 3, 4, 5, 6], n_conf=4, temperatures=[500.0],
+               md_trajs=1, md_frames=10, stride=6, equil_steps=12, rattle_frames=3,
+               relax_steps=0, mmff_minimize=True, mmff_frames=23,
+               mmff_temperatures=[300.0, 500.0, 700.0, 900.0], mmff_stride=25,
+               mmff_equil=100, nm_frames=8, nm_temperatures=[300.0, 600.0],
                dedup_rmsd=0.05),
 }
 # The held-out DFT check of the full preset: PBE/def2-SVP labels of GFN2 frames of the smallest
