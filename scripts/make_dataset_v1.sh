@@ -2,7 +2,7 @@
 # Dataset v1 (docs/data.md): GFN2-xTB frames of the 24 families, L = 1..6, plus the 15-loop MD
 # test systems, plus a PBE/def2-SVP check set of monomers and 2-loops. Resumable: re-run it.
 # Phase A (L = 1, 2) finishes first so that the PBE labelling of its small frames can run
-# beside phase B (L = 3..6). Environment: OUT (default build/poly24-v1), BLAS (an OpenBLAS
+# beside phases B (L = 3..5) and C (L = 6, 15-loops). Environment: OUT (default build/poly24-v1), BLAS (an OpenBLAS
 # libopenblas.so.0 to preload, see docs/data.md), WORKERS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,11 @@ OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Zen} \
     --n-frames 310 --workers 1 --threads 1 --no-progress -o "$OUT/poly24-v1-pbe.extxyz" \
     > "$OUT/pbe.log" 2>&1 &
 PBE_PID=$!
-# phase B: everything (L = 1..6 resumes instantly for L <= 2), then the 15-loops
+# phase B: the rest of the training loop sizes (L <= 2 resume instantly), so training can
+# start before phase C
+"$PG" data generate --preset v1 --loops 1-5 --md-loops "" --pbe-frames 0 --workers "$WORKERS" \
+    --no-progress "${BL[@]}" -o "$OUT"
+# phase C: everything (adds the 6-loops test systems), then the 15-loops
 "$PG" data generate --preset v1 --pbe-frames 0 --workers "$WORKERS" --no-progress "${BL[@]}" \
     -o "$OUT"
 wait $PBE_PID

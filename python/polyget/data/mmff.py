@@ -58,6 +58,22 @@ class MMFFCalculator(Calculator):
         self.results["energy"] = float(e) * KCAL_MOL
         self.results["forces"] = -g * KCAL_MOL
 
+    def regular(self, atoms: Atoms, seed: int = 0, fmax: float = 100.0) -> Atoms:
+        """A copy of atoms where MMFF is regular. MMFF's angle terms are singular at exactly
+        linear angles, which a minimisation can land on (seen: 2,000 eV/A on one ester O of
+        a LAC3 2-loop, and a NaN trajectory after it). Then rattle by 0.01 A (seeded) and
+        minimise again, up to 5 times."""
+        at = atoms.copy()
+        for k in range(6):
+            at.calc = self
+            f = at.get_forces()
+            if np.all(np.isfinite(f)) and np.abs(f).max() < fmax:
+                break
+            at.rattle(0.01, seed=int(seed) * 7 + k)
+            at = self.minimize(at)
+        at.calc = None
+        return at
+
     def minimize(self, atoms: Atoms, max_iters: int = 2000) -> Atoms:
         """MMFF-minimised copy of atoms (RDKit's BFGS)."""
         conf = self.molh.GetConformer()
@@ -81,7 +97,7 @@ def mmff_md_positions(atoms0: Atoms, calc: MMFFCalculator, *, temperature_K: flo
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
-    at = atoms0.copy()
+    at = calc.regular(atoms0, seed=seed)
     at.calc = calc
     MaxwellBoltzmannDistribution(at, temperature_K=temperature_K,
                                  rng=np.random.default_rng([seed, 17]))
@@ -90,10 +106,30 @@ def mmff_md_positions(atoms0: Atoms, calc: MMFFCalculator, *, temperature_K: flo
     dyn = Langevin(at, timestep_fs * units.fs, temperature_K=temperature_K,
                    friction=friction_per_fs / units.fs, fixcm=False,
                    rng=np.random.default_rng([seed, 23]))
-    dyn.run(equil_steps)
+    def advance(n_steps: int, k: int) -> None:
+        """n_steps of MD; if MMFF blows up (rare at 700-900 K), restart the chunk from the last
+        good state with fresh velocities (seeded by chunk and attempt: still deterministic)."""
+        good_p, good_v = at.get_positions().copy(), at.get_velocities().copy()
+        for attempt in range(4):
+            with np.errstate(all="ignore"):
+                dyn.run(n_steps)
+            if np.all(np.isfinite(at.get_positions())):
+                return
+            at.set_positions(good_p)
+            at.set_velocities(good_v)
+            MaxwellBoltzmannDistribution(at, temperature_K=temperature_K,
+                                         rng=np.random.default_rng([seed, 31, k, attempt]))
+            Stationary(at)
+            ZeroRotation(at)
+        at.set_positions(np.full_like(good_p, np.nan))   # give up: the caller drops the rest
+
+    advance(equil_steps, 1_000_000)
     out = []
-    for _ in range(n_frames):
-        dyn.run(stride)
+    for k in range(n_frames):
+        if not np.all(np.isfinite(at.get_positions())):
+            out.append(at.get_positions().copy())
+            continue
+        advance(stride, k)
         out.append(at.get_positions().copy())
     return out
 

@@ -245,6 +245,9 @@ def run_system(cfg: SampleConfig, family: str, loop: int, outdir: str, progress=
             if k in have:
                 continue
             st = stats(sampler)
+            if not np.all(np.isfinite(pos)):      # a cheap trajectory that blew up
+                st["rejected"] += 1
+                continue
             at = Atoms(conf.get_chemical_symbols(), positions=pos)
             if min_pair_distance(at) < MIN_PAIR_DISTANCE or n_fragments(at) != n_frag0:
                 st["rejected"] += 1
