@@ -37,9 +37,14 @@
 #include "neighbor.h"
 #include "update.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <sys/resource.h>
 
 using namespace LAMMPS_NS;
 
@@ -133,8 +138,11 @@ static const char *const SYNTAX_STYLE =
 
 PairPolyGET::PairPolyGET(LAMMPS *lmp) :
     Pair(lmp), device_request("auto"), nthreads_request(-1), cutoff(0.0), halo(0.0),
-    energy_scale(1.0), ghost_mode(GHOSTS_AUTO), mode(GHOSTS_SHELL), nexchange_calls(0), map(nullptr)
+    energy_scale(1.0), ghost_mode(GHOSTS_AUTO), mode(GHOSTS_SHELL), nexchange_calls(0), map(nullptr), stats(false), stat_calls(0),
+    stat_max_nlocal(0), stat_max_nghost(0), stat_max_edges(0), stat_model_s(0.0)
 {
+  const char *st = std::getenv("POLYGET_STATS");
+  stats = st && std::string(st) != "0" && std::string(st) != "";
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
@@ -149,6 +157,17 @@ PairPolyGET::PairPolyGET(LAMMPS *lmp) :
 PairPolyGET::~PairPolyGET()
 {
   if (copymode) return;
+  if (stats && stat_calls > 0) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    static const char *names[] = {"auto", "exchange", "shell", "fold"};
+    std::fprintf(stderr,
+                 "polyget stats: rank %d mode %s calls %lld max_nlocal %lld max_nghost %lld "
+                 "max_edges %lld model_s %.6f peak_rss_mb %.1f\n",
+                 comm->me, names[mode], stat_calls, stat_max_nlocal, stat_max_nghost,
+                 stat_max_edges, stat_model_s, ru.ru_maxrss / 1024.0);
+    std::fflush(stderr);
+  }
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -187,6 +206,7 @@ void PairPolyGET::compute(int eflag, int vflag)
   const int64_t nedges = static_cast<int64_t>(edge_i.size());
 
   // run the model; exceptions here can be rank-specific, so error->one (error->all would hang)
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     if (mode == GHOSTS_EXCHANGE) {
       LammpsExchanger ex(this, comm, comm_forward);
@@ -199,6 +219,13 @@ void PairPolyGET::compute(int eflag, int vflag)
     }
   } catch (std::exception &e) {
     error->one(FLERR, std::string("pair_style polyget: model evaluation failed: ") + e.what());
+  }
+  if (stats) {
+    stat_model_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++stat_calls;
+    stat_max_nlocal = std::max<long long>(stat_max_nlocal, nlocal);
+    stat_max_nghost = std::max<long long>(stat_max_nghost, natoms - nlocal);
+    stat_max_edges = std::max<long long>(stat_max_edges, nedges);
   }
 
   // forces: F_i += fij, F_j -= fij  (fij = dE/d(r_j - r_i)); ghost forces go back by reverse comm

@@ -68,6 +68,11 @@ class PairPolyGET : public Pair {
   int ghost_mode;          // requested
   int mode;                // chosen in init_style: GHOSTS_EXCHANGE, GHOSTS_SHELL or GHOSTS_FOLD
   int nexchange_calls;     // forward + reverse exchanges in the last compute (for checks)
+
+  // POLYGET_STATS=1: one line per rank at exit (graph sizes, model time, peak memory)
+  bool stats;
+  long long stat_calls, stat_max_nlocal, stat_max_nghost, stat_max_edges;
+  double stat_model_s;
   int *map;                // LAMMPS type -> model element index
   std::vector<std::string> type_elements;    // element of each type (for messages)
 
