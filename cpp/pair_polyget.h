@@ -2,7 +2,7 @@
    polyget: LAMMPS pair style running an exported polyget TorchScript model
 
      pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N]
-                        [ghosts auto|halo|fold]
+                        [ghosts auto|halo|fold] [min_distance A]
      pair_coeff * * <element of type 1> <element of type 2> ...
 
    Built as a plugin (cpp/pair_polyget_plugin.cpp); see README "LAMMPS".
@@ -39,6 +39,7 @@ class PairPolyGET : public Pair {
  protected:
   void allocate();
   void build_edges(bool fold);
+  void check_min_distance();    // contract rule: stop on a pair closer than min_distance
   [[noreturn]] void model_error_all(const std::string &where, const std::string &what);
 
   std::unique_ptr<polyget::Model> model;
@@ -48,6 +49,8 @@ class PairPolyGET : public Pair {
   double cutoff;           // model cutoff (Angstrom)
   double energy_scale;     // model eV -> LAMMPS energy unit (1 for metal, kcal/mol per eV for real)
   double halo;             // receptive_hops * cutoff: ghost atoms needed around a subdomain
+  double min_distance;     // Angstrom; pairs closer stop the run (0: no check)
+  double min_distance_request;    // the keyword's value, < 0 when not given
   enum { GHOSTS_AUTO, GHOSTS_HALO, GHOSTS_FOLD };
   int ghost_mode;          // requested
   bool use_fold;           // chosen in init_style

@@ -247,7 +247,7 @@ def test_matches_mliap_unified(tmp_path, which):
     for n in (1, 2):
         ours, _ = lammps_single_point(tmp_path, atoms, jit, nprocs=n, tag=f"{which}-polyget",
                                       processors=f"processors {n} 1 1" if n > 1 else "")
-        hops = NativeModel(jit).receptive_hops  # from the export's metadata.json
+        hops = NativeModel(jit).receptive_hops  # from the export's metadata records
         theirs = mliap_single_point(tmp_path / f"{which}-mliap-np{n}", pt, atoms, n,
                                     comm_cut=hops * model.cutoff + 1.0)
         assert abs(ours["energy"] - theirs["energy"]) < 1e-6
@@ -535,8 +535,8 @@ def test_error_mliap_pickle_real(tmp_path):
 
 
 def test_error_other_format_version(tmp_path):
-    path = export_toy(tmp_path / "v2.jit.pt", meta={"format_version": 2})
-    expect_lammps_error(tmp_path, {}, "format_version 2", "reads format_version 1", model=path)
+    path = export_toy(tmp_path / "v3.jit.pt", meta={"format_version": 3})
+    expect_lammps_error(tmp_path, {}, "format_version 3", "reads format_version 2", model=path)
 
 
 def test_error_unknown_element(tmp_path, toy):
