@@ -51,6 +51,16 @@ EV_TO_KCAL_PER_MOL = 23.060548  # 1 eV in kcal/mol (CODATA 2018: 23.0605478)
 LAMMPS_ENERGY_FACTORS = {"metal": 1.0, "real": EV_TO_KCAL_PER_MOL}
 
 
+# Units a dataset may be labelled in -> polyget's eV and Angstrom (CODATA 2018)
+ENERGY_TO_EV = {"eV": 1.0, "Hartree": 27.211386245988, "Ha": 27.211386245988,
+                "kcal/mol": 0.0433641043, "kJ/mol": 0.0103642688, "Ry": 13.605693122994}
+LENGTH_TO_ANGSTROM = {"Angstrom": 1.0, "A": 1.0, "Bohr": 0.529177210903, "nm": 10.0}
+# Median |force component| of polymer data sampled near equilibrium (MD at 300-1000 K) is about
+# 0.5 eV/A (the shipped GFN2 and PBE sets: 0.51, 0.56); outside this window the labels are
+# almost certainly in other units (kcal/mol/A: x23, kJ/mol/A: x96, Hartree/Bohr: /51).
+FORCE_MEDIAN_WINDOW = (0.03, 5.0)  # eV/Angstrom
+
+
 def lammps_energy_factor(unit_style: str) -> Optional[float]:
     """eV -> the LAMMPS energy unit of ``unit_style``; None when the style is not supported."""
     return LAMMPS_ENERGY_FACTORS.get(unit_style)
