@@ -160,7 +160,7 @@ def check_units(samples: Sequence[Sample], energy_unit: str = "eV", length_unit:
     raise DataError(
         f"the forces do not look like eV/Angstrom: median |force component| is {med:.3g} eV/A after "
         f"reading them as {energy_unit}/{length_unit}, while polymer data near equilibrium gives "
-        f"{lo}-{hi} eV/A (about 0.5).{hint} If the labels really are right (e.g. only relaxed "
+        f"{lo}-{hi} eV/A (about 0.5).{hint or ' Set data.energy_unit / data.length_unit to the units of the file.'} If the labels really are right (e.g. only relaxed "
         "structures), set data.check_units: false.")
 
 
