@@ -120,7 +120,7 @@ def _threads(monkeypatch):
 
 def test_exchange_is_used_only_when_offered(exported):
     obj = exported["obj"]
-    assert "per_layer_exchange" in obj.metadata
+    assert obj.metadata["num_exchanges"] == obj.num_layers
     plain = FakeData(1, 1, [], [], np.zeros((0, 3)), [1], False)
     assert not obj.exchange_available(plain)
     assert obj.exchange_available(FakeKokkosData(None, 0, 1, 1, [], [], np.zeros((0, 3)), [1], False))
