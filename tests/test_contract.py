@@ -166,3 +166,29 @@ def test_records_roundtrip_exactly():
     back = contract.parse_records(recs, "t")
     assert back == meta
     assert np.float64(back["cutoff"]) == 0.1 + 0.2
+
+
+@pytest.mark.parametrize("records, message", [
+    ({"polyget.num_exchanges": "2"}, "has only one of num_exchanges and exchange_width"),
+    ({"polyget.num_exchanges": "5", "polyget.exchange_width": "128"},
+     "num_exchanges must be num_layers or num_layers + 1, found 5"),
+    ({"polyget.num_exchanges": "2", "polyget.exchange_width": "0"},
+     "exchange_width must be an integer >= 1, found 0"),
+])
+def test_same_optional_exchange_rules(tmp_path, exported, records, message):
+    """The optional per-layer exchange records are checked alike (same messages)."""
+    import zipfile
+
+    src = zipfile.ZipFile(exported["jit"])
+    extra = {n.split("/extra/", 1)[1]: src.read(n).decode() for n in src.namelist() if "/extra/" in n}
+    for k in ("polyget.num_exchanges", "polyget.exchange_width"):
+        extra.pop(k, None)
+    extra.update(records)
+    path = tmp_path / "bad.jit.pt"
+    torch.jit.save(torch.jit.load(str(exported["jit"])), str(path), _extra_files=extra)
+    with pytest.raises(Exception) as py_err:
+        contract.read_metadata(path)
+    with pytest.raises(Exception) as cpp_err:
+        core.read_metadata(str(path))
+    assert message in str(py_err.value)
+    assert str(py_err.value) == str(cpp_err.value)
