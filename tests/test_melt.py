@@ -20,15 +20,16 @@ def inter_chain_min_distance(atoms, per):
 
 @pytest.mark.parametrize("linear", [False, True])
 def test_melt_counts_density_and_no_overlaps(linear):
-    atoms = build_melt("LAC2", 3, n_chains=6, density=0.5, linear=linear, seed=1)
+    atoms = build_melt("LAC2", 3, n_chains=6, density=0.9, linear=linear, seed=1)
     per = 36 + (2 if linear else 0)  # a linear chain has two H caps
     assert len(atoms) == 6 * per and atoms.info["atoms_per_chain"] == per
     assert atoms.pbc.all()
     mass_g = atoms.get_masses().sum() / 6.02214076e23
     rho = mass_g / (atoms.get_volume() * 1e-24)
-    assert rho == pytest.approx(atoms.info["density"], rel=1e-9)
-    assert rho <= 0.5 + 1e-9
-    assert inter_chain_min_distance(atoms, per) >= 1.7
+    assert rho == pytest.approx(atoms.info["density"], rel=1e-9) == pytest.approx(0.9, rel=1e-9)
+    assert inter_chain_min_distance(atoms, per) >= 1.6
+    # compression kept bond lengths and angles (1-2 and 1-3 distances) to 0.05 A
+    assert atoms.info["geometry_error"] < 0.05
     # every chain keeps its bonded geometry (no atom closer than 0.9 A to another)
     from ase.neighborlist import neighbor_list
 
@@ -39,7 +40,7 @@ def test_melt_counts_density_and_no_overlaps(linear):
 
 def test_cli_writes_lammps_data(tmp_path, capsys):
     out = tmp_path / "m.data"
-    assert main(["melt", "LAC2", "-L", "3", "--atoms", "150", "--density", "0.4", "-o", str(out)]) == 0
+    assert main(["melt", "LAC2", "-L", "3", "--atoms", "150", "--density", "0.3", "-o", str(out)]) == 0
     msg = capsys.readouterr().out
     assert "wrote" in msg and "144 atoms (4 chains x 36)" in msg
     a = read(out, format="lammps-data", units="metal", atom_style="atomic")

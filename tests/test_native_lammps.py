@@ -337,7 +337,9 @@ def test_mpi_halo_is_needed(tmp_path, toy):
     """With a halo one hop short (receptive_hops 1 declared for the 2-layer toy), several ranks
     give a different answer: the halo machinery is what makes the other MPI tests exact."""
     path, module = toy
-    short = export_toy(tmp_path / "short.jit.pt", meta={"receptive_hops": 1})
+    lie = ToyMessagePassing(3, cutoff=4.0, num_layers=2)
+    lie.receptive_hops = 1  # attribute and metadata agree (the core checks that), both wrong
+    short = save_jit(lie, tmp_path / "short.jit.pt", toy_metadata(lie))
     atoms = ring_polymer(40, oxygen_every=5, vacuum=9.0)
     atoms.pbc = True
     good, out = lammps_single_point(tmp_path, atoms, path, nprocs=3, processors="processors 3 1 1",
@@ -465,7 +467,7 @@ atom_style atomic
 atom_modify map yes
 boundary s s s
 read_data {data}
-pair_style polyget {path}
+pair_style polyget {path} {"min_distance 0" if which == "network" else ""}
 pair_coeff * * {' '.join(types)}
 neighbor 1.0 bin
 velocity all create 300 12345 mom yes rot yes dist gaussian
