@@ -8,55 +8,40 @@
 // the virial (-sum edge_vec (x) fij).
 #pragma once
 
+#include "contract.h"
+
 #include <torch/script.h>
 
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace polyget {
 
-// The TorchScript format this core reads (metadata.json "format" / "format_version").
-constexpr const char *kTorchScriptFormat = "polyget-torchscript";
-constexpr int kTorchScriptFormatVersion = 1;
+// Flat metadata records of a TorchScript archive ("extra/<name>" -> text), without loading
+// the model. Throws ModelError when the file cannot be read as a PyTorch archive.
+std::map<std::string, std::string> read_records(const std::string &path);
 
-// Every problem with a model file or with the inputs: the message says what was expected, what
-// was found, and what to do.
-class ModelError : public std::runtime_error {
+// Fills the ghost rows of per-atom feature arrays from the atoms they copy, and sends ghost-row
+// gradients back. Rows are in engine order: owned atoms [0, nlocal), then ghosts. LAMMPS
+// implements it with comm->forward_comm / reverse_comm (pair_polyget.cpp); polyget._core with
+// an index map (ghost g copies row owner[g]).
+class HaloExchanger {
  public:
-  using std::runtime_error::runtime_error;
+  virtual ~HaloExchanger() = default;
+  // `rows`: contiguous host tensors [natoms, width_k] of one dtype (float64 or float32).
+  // forward: every ghost row := the row of the atom it copies (relays included).
+  virtual void forward(const std::vector<torch::Tensor> &rows) = 0;
+  // reverse: the exact adjoint of forward: each owner's row += the rows of its ghost copies
+  // (the caller zeroes the ghost rows afterwards).
+  virtual void reverse(const std::vector<torch::Tensor> &rows) = 0;
 };
 
-// Contents of metadata.json, validated.
-struct Metadata {
-  std::string format;
-  int format_version = 0;
-  std::vector<std::string> elements;
-  double cutoff = 0.0;
-  int num_layers = 0;
-  // how many cutoff radii an atom's energy reaches: metadata "receptive_hops" when present, else
-  // num_layers + 1 (PolyGET's neighbour embedding is one more message-passing step before the
-  // num_layers attention layers: checked numerically, an atom's energy depends on atoms
-  // num_layers + 1 edges away)
-  int receptive_hops = 0;
-  std::string dtype;  // "float64" or "float32"
-  std::string energy_unit;
-  std::string length_unit;
-  std::string polyget_version;
-  std::string torch_version;
-  std::string json;  // the raw text
-
-  // index of `symbol` in `elements`, or -1
-  int element_index(const std::string &symbol) const;
-  // "H C O"
-  std::string elements_string() const;
-  // radius of the halo a domain needs: receptive_hops * cutoff
-  double interaction_range() const { return receptive_hops * cutoff; }
-};
-
-// Parse and check metadata.json; `path` only names the file in messages.
-Metadata parse_metadata(const std::string &json_text, const std::string &path);
+// The contract metadata of an exported NAME.jit.pt (records parsed by contract.h), with a
+// message naming what the file is when it is not one.
+Metadata read_metadata(const std::string &path);
 
 // Device selection. `request`: "auto" (CUDA when this libtorch has it and a GPU is visible,
 // else CPU), "cpu", "cuda" (GPU local_rank mod GPU count) or "cuda:N". `local_rank` is the
@@ -68,6 +53,8 @@ class Model {
   Model(const std::string &path, const std::string &device = "auto", int local_rank = -1);
 
   const Metadata &metadata() const { return meta_; }
+  // halo a domain needs around it (contract rule, without the skin)
+  double interaction_range() const { return halo_cutoff(meta_.receptive_hops, meta_.cutoff, 0.0); }
   const torch::Device &device() const { return device_; }
   std::string device_string() const { return device_.str(); }
   const std::string &path() const { return path_; }
@@ -80,6 +67,22 @@ class Model {
   void compute(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
                const int64_t *edge_j, const double *edge_vec, int64_t nlocal,
                bool want_fij = true);
+
+  // The same on owned atoms + ghosts one cutoff wide, for files with metadata.per_layer_exchange:
+  // every edge has its centre edge_i[k] < nlocal; the model runs in pieces (embed, then
+  // exchange + interact per layer, readout on owned atoms) and `exchange` fills ghost rows
+  // between them (forward) and returns their gradients to the owners (backward, one backward
+  // pass for the whole model). Every MPI rank must call it the same number of times, even
+  // with nlocal = 0 or natoms = 0: the exchanges are collective. atom_energy() is valid for
+  // [0, nlocal).
+  void compute_halo(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
+                    const int64_t *edge_j, const double *edge_vec, int64_t nlocal,
+                    HaloExchanger &exchange, bool want_fij = true);
+  // metadata says per-layer exchange and the file has the methods it needs
+  bool supports_halo() const { return halo_methods_; }
+  // exchanges done by the last compute_halo (forward, reverse)
+  int64_t forward_exchanges() const { return n_forward_; }
+  int64_t reverse_exchanges() const { return n_reverse_; }
 
   double energy() const { return energy_; }
   const double *atom_energy() const { return atom_energy_.data(); }  // [natoms]
@@ -98,6 +101,9 @@ class Model {
   void check_inputs(int64_t natoms, const int64_t *species, int64_t nedges,
                     const int64_t *edge_i, const int64_t *edge_j, const double *edge_vec,
                     int64_t nlocal) const;
+  void upload(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
+              const int64_t *edge_j, const double *edge_vec, torch::Tensor &sp, torch::Tensor &ei,
+              torch::Tensor &ev);
   void debug_dump(const torch::Tensor &species, const torch::Tensor &edge_index,
                   const torch::Tensor &edge_vec, int64_t nlocal);
 
@@ -106,6 +112,9 @@ class Model {
   torch::Device device_;
   torch::ScalarType dtype_;
   torch::jit::Module module_;
+  bool halo_methods_ = false;
+  int64_t n_forward_ = 0;
+  int64_t n_reverse_ = 0;
 
   // device-side input buffers, sized to capacity; each call uses a leading slice
   int64_t cap_atoms_ = 0;
