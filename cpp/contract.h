@@ -75,6 +75,12 @@ struct Metadata {
   double min_distance = kDefaultMinDistance;
   std::string polyget_version;
   std::string torch_version;
+  // optional: per-layer halo exchange (records num_exchanges, exchange_width; absent: 0). The
+  // file holds the TorchScript methods edge_features/embed/interact/readout; node features are
+  // exchanged num_exchanges times per evaluation, exchange_width numbers per atom each time
+  bool per_layer_exchange = false;
+  int num_exchanges = 0;
+  int exchange_width = 0;
 
   int element_index(const std::string &symbol) const {
     for (size_t k = 0; k < elements.size(); ++k)
@@ -174,6 +180,9 @@ inline Metadata parse_records(const std::map<std::string, std::string> &records,
   m.min_distance = as_double("min_distance");
   m.polyget_version = text("polyget_version");
   m.torch_version = text("torch_version");
+  m.num_exchanges = records.count(pre + "num_exchanges") ? as_int("num_exchanges") : 0;
+  m.exchange_width = records.count(pre + "exchange_width") ? as_int("exchange_width") : 0;
+  m.per_layer_exchange = m.num_exchanges > 0;
 
   if (m.elements.empty()) throw bad("elements is empty");
   if (std::set<std::string>(m.elements.begin(), m.elements.end()).size() != m.elements.size())
@@ -191,6 +200,13 @@ inline Metadata parse_records(const std::map<std::string, std::string> &records,
   if (!(std::isfinite(m.min_distance) && m.min_distance >= 0))
     throw bad("min_distance must be a number >= 0 (Angstrom), found " +
               detail::fmt("%.17g", m.min_distance));
+  if (m.num_exchanges < 0 || (m.num_exchanges > 0) != (m.exchange_width > 0))
+    throw bad("num_exchanges (" + std::to_string(m.num_exchanges) + ") and exchange_width (" +
+              std::to_string(m.exchange_width) +
+              ") must both be >= 1 (per-layer exchange) or both absent");
+  if (m.num_exchanges && m.num_exchanges != m.num_layers && m.num_exchanges != m.num_layers + 1)
+    throw bad("num_exchanges = " + std::to_string(m.num_exchanges) + " must be num_layers (" +
+              std::to_string(m.num_layers) + ") or num_layers + 1");
   if (m.energy_unit != "eV" || m.length_unit != "Angstrom")
     throw ModelError(source + ": model units are energy=" + m.energy_unit + ", length=" +
                      m.length_unit + "; polyget engines work in eV and Angstrom (units metal): "

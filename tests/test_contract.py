@@ -28,7 +28,8 @@ def exported(tmp_path_factory):
 
 def contract_fields(meta):
     keys = [k for k, _ in contract.METADATA_KEYS if k not in ("energy_unit", "length_unit")]
-    return {k: meta[k] for k in keys + ["units"]}
+    keys += ["units"] + (["per_layer_exchange"] if "per_layer_exchange" in meta else [])
+    return {k: meta[k] for k in keys}
 
 
 def test_python_and_cpp_read_the_same_fields(exported):
@@ -44,6 +45,8 @@ def test_python_and_cpp_read_the_same_fields(exported):
     # exact doubles (no rounding through text)
     assert cpp["cutoff"] == py["cutoff"] == 4.0 and cpp["min_distance"] == 0.5
     assert py["calibration"] == {"offsets": [1.0, 2.0]}  # provenance: Python only
+    # the model has the pieces API: both read the per-layer exchange records
+    assert cpp["per_layer_exchange"] == py["per_layer_exchange"] and py["per_layer_exchange"]["width"] > 0
 
 
 def test_shipped_potential_is_read_alike():

@@ -1,4 +1,4 @@
-"""The `polyget` command: train, eval, calibrate, md, export, data."""
+"""The `polyget` command: train, eval, calibrate, md, export, data, melt."""
 
 import argparse
 import json
@@ -52,6 +52,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .data.cli import main as data_main
 
         return data_main(argv[1:]) or 0
+    if argv and argv[0] == "melt":
+        from .data.melt import main as melt_main
+
+        return melt_main(argv[1:]) or 0
     if argv and argv[0] == "export":
         from .export import main as export_main
 
@@ -104,6 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     sub.add_parser("export", help="checkpoint -> LAMMPS files (see python/export.py --help)")
     sub.add_parser("data", help="build / label / inspect reference datasets (polyget data --help)")
+    sub.add_parser("melt", help="amorphous periodic melt of N chains -> LAMMPS data file (polyget melt --help)")
 
     args = p.parse_args(argv)
     try:

@@ -92,6 +92,14 @@ METADATA_KEYS: Tuple[Tuple[str, str], ...] = (
     ("polyget_version", "str"),
     ("torch_version", "str"),
 )
+# Optional keys (absent: the default). Per-layer halo exchange (the model file holds the
+# TorchScript methods edge_features/embed/interact/readout; engines exchange `exchange_width`
+# numbers per atom `num_exchanges` times per evaluation). In the metadata dict they appear as
+# meta["per_layer_exchange"] = {"num_exchanges", "width"} (absent when num_exchanges is 0).
+OPTIONAL_KEYS: Tuple[Tuple[str, str, Any], ...] = (
+    ("num_exchanges", "int", 0),
+    ("exchange_width", "int", 0),
+)
 # Free-form provenance (calibration, source checkpoint, ...): JSON, read by Python only, never
 # holding a contract key.
 INFO_RECORD = RECORD_PREFIX + "info.json"
@@ -115,7 +123,14 @@ def metadata_records(meta: Dict[str, Any]) -> Dict[str, str]:
     flat.setdefault("energy_unit", units["energy"])
     flat.setdefault("length_unit", units["length"])
     flat.setdefault("min_distance", DEFAULT_MIN_DISTANCE)
+    pieces = meta.get("per_layer_exchange")
+    if pieces:
+        flat["num_exchanges"] = int(pieces["num_exchanges"])
+        flat["exchange_width"] = int(pieces["width"])
     out: Dict[str, str] = {}
+    for key, kind, default in OPTIONAL_KEYS:
+        if flat.get(key, default) != default:
+            out[RECORD_PREFIX + key] = str(int(flat[key]))
     for key, kind in METADATA_KEYS:
         if key not in flat:
             raise ModelFileError("metadata has no %r entry (contract keys: %s)"
@@ -129,7 +144,8 @@ def metadata_records(meta: Dict[str, Any]) -> Dict[str, str]:
             out[RECORD_PREFIX + key] = str(int(v))
         else:
             out[RECORD_PREFIX + key] = str(v)
-    contract = {k for k, _ in METADATA_KEYS} | {"units"}
+    contract = ({k for k, _ in METADATA_KEYS} | {k for k, _, _ in OPTIONAL_KEYS}
+                | {"units", "per_layer_exchange"})
     info = {k: v for k, v in meta.items() if k not in contract}
     out[INFO_RECORD] = json.dumps(info, sort_keys=True)
     return out
@@ -186,8 +202,18 @@ def parse_records(records: Dict[str, str], source: str) -> Dict[str, Any]:
             raise ModelFileError("%s was exported with format_version %d; this polyget reads "
                                  "format_version %d: %s" % (source, meta[key],
                                                            TORCHSCRIPT_VERSION, what))
+    for key, kind, default in OPTIONAL_KEYS:
+        text = records.get(RECORD_PREFIX + key)
+        try:
+            meta[key] = default if text is None else int(text.strip())
+        except ValueError:
+            raise ModelFileError("%s: metadata %s must be an integer, found %r; %s"
+                                 % (source, key, text.strip(), EXPORT_HINT)) from None
     _validate(meta, source)
     meta["units"] = {"energy": meta.pop("energy_unit"), "length": meta.pop("length_unit")}
+    nex, width = meta.pop("num_exchanges"), meta.pop("exchange_width")
+    if nex:
+        meta["per_layer_exchange"] = {"num_exchanges": nex, "width": width}
     info_text = records.get(INFO_RECORD)
     if info_text:
         try:
@@ -217,6 +243,12 @@ def _validate(m: Dict[str, Any], source: str) -> None:
         raise bad("dtype is %r, expected float64 or float32" % m["dtype"])
     if not (math.isfinite(m["min_distance"]) and m["min_distance"] >= 0):
         raise bad("min_distance must be a number >= 0 (Angstrom), found %r" % m["min_distance"])
+    if m["num_exchanges"] < 0 or (m["num_exchanges"] > 0) != (m["exchange_width"] > 0):
+        raise bad("num_exchanges (%d) and exchange_width (%d) must both be >= 1 (per-layer "
+                  "exchange) or both absent" % (m["num_exchanges"], m["exchange_width"]))
+    if m["num_exchanges"] and m["num_exchanges"] not in (m["num_layers"], m["num_layers"] + 1):
+        raise bad("num_exchanges = %d must be num_layers (%d) or num_layers + 1"
+                  % (m["num_exchanges"], m["num_layers"]))
     if m["energy_unit"] != UNITS["energy"] or m["length_unit"] != UNITS["length"]:
         raise ModelFileError(
             "%s: model units are energy=%s, length=%s; polyget engines work in eV and Angstrom "

@@ -250,8 +250,122 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         self._mpi_comm.Allreduce(local_codes, out, op=MPI.MAX)
         return out
 
+    # --- per-layer exchange (ML-IAP Kokkos: data.forward_exchange / reverse_exchange)
+    def exchange_available(self, data) -> bool:
+        """True when this run can use the per-layer halo exchange: the data object offers
+        forward_exchange/reverse_exchange (LAMMPS ML-IAP built with KOKKOS, run with
+        ``-k on ... -sf kk``), the file has the model pieces (metadata per_layer_exchange), and
+        POLYGET_MLIAP_EXCHANGE is not 0."""
+        return (hasattr(data, "forward_exchange") and hasattr(data, "reverse_exchange")
+                and "per_layer_exchange" in self.metadata
+                and os.environ.get("POLYGET_MLIAP_EXCHANGE", "1") != "0")
+
+    def _compute_forces_exchange(self, data) -> None:
+        """Owned atoms + a one-cutoff halo; node features of ghosts filled between layers by
+        data.forward_exchange, their gradients returned by data.reverse_exchange (on the arrays
+        ML-IAP hands over: device arrays under Kokkos/CUDA, no host copies). Not yet run on a
+        real Kokkos build: tested against an emulation of the data object
+        (tests/test_lammps_mliap_exchange.py)."""
+        import torch
+
+        ctx = self._context()
+        model = self._torch_model()
+        dev, dtype = self._device, self._dtype
+        factor = contract.lammps_energy_factor(ctx.units)
+        if factor is None:
+            raise self._error(ctx, contract.units_message(ctx.units))
+        nbonds, lj, coul = ctx.special_bonds_state()
+        if contract.special_bonds_drop_pairs(nbonds, lj, coul):
+            raise self._error(ctx, contract.SPECIAL_BONDS_MESSAGE)
+        nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
+        nlist = int(data.nlistatoms)
+
+        def tensor(a, dt):
+            if a is None:
+                return torch.zeros(0, dtype=dt, device=dev)
+            return torch.as_tensor(a, device=dev).to(dt)
+
+        smap = torch.as_tensor(self._species_map, device=dev)
+        elems = tensor(data.elems if ntotal else None, torch.long)
+        species = torch.where(elems >= 0, smap[elems.clamp(min=0)], torch.full_like(elems, -2))
+        if bool((species == -1).any()):
+            sym = CHEMICAL_SYMBOLS[int(elems[species == -1][0])]
+            raise self._error(ctx, "polyget: element %s (from pair_coeff) is not in this model; the "
+                                   "model's elements are: %s" % (sym, " ".join(self.elements)))
+        null_atoms = species < 0
+        species = species.clamp(min=0)
+        if npairs:
+            pair_i = tensor(data.pair_i, torch.long)
+            pair_j = tensor(data.pair_j, torch.long)
+            rij = tensor(data.rij, dtype)
+        else:
+            pair_i = pair_j = torch.zeros(0, dtype=torch.long, device=dev)
+            rij = torch.zeros(0, 3, dtype=dtype, device=dev)
+        # edges from owned atoms within the cutoff (ghost lists and skin pairs add nothing)
+        r2 = (rij * rij).sum(dim=1)
+        keep = (pair_i < nlocal) & (r2 < self.cutoff * self.cutoff)
+        thr = self._min_distance
+        close = (pair_i < nlocal) & (r2 < thr * thr) if thr > 0 else torch.zeros_like(keep)
+        flag = self._agree(np.array([int(bool(close.any()))], dtype=np.int64))
+        if flag[0]:  # every rank stops (the exchanges below are collective)
+            raise self._min_distance_error(ctx, _read_data(data),
+                                           torch.nonzero(close).flatten().cpu().numpy())
+        edge_index = torch.stack([pair_i[keep], pair_j[keep]])
+        edge_vec = rij[keep].detach().requires_grad_(True)
+
+        class _Exchange(torch.autograd.Function):
+            # ghost rows := owners' rows; backward: ghost-row gradients added to the owners and
+            # zeroed (reverse_exchange does both)
+            @staticmethod
+            def forward(ctx, t):
+                src = t.detach().contiguous()
+                out = torch.empty_like(src)
+                data.forward_exchange(src, out, int(src.shape[1]))
+                return out
+
+            @staticmethod
+            def backward(ctx, g):
+                src = g.contiguous()
+                out = torch.empty_like(src)
+                data.reverse_exchange(src, out, int(src.shape[1]))
+                return out
+
+        def exchange(x, vec):
+            # one exchange for both: rows [ntotal, F + 3F]
+            packed = _Exchange.apply(torch.cat([x.flatten(1), vec.flatten(1)], dim=1))
+            fx = x.flatten(1).shape[1]
+            return packed[:, :fx].reshape(x.shape), packed[:, fx:].reshape(vec.shape)
+
+        feats = model.edge_features(edge_vec)
+        x, vec = model.embed(species, edge_index, feats, nlocal)
+        for layer in range(int(self.metadata["per_layer_exchange"]["num_exchanges"])):
+            x, vec = exchange(x, vec)
+            if layer < self.num_layers:
+                x, vec = model.interact(layer, x, vec, edge_index, feats, nlocal)
+        e_atoms = model.readout(species, x, vec, nlocal)
+        if bool(null_atoms[:nlocal].any()):
+            e_atoms = torch.where(null_atoms[:nlocal], torch.zeros_like(e_atoms), e_atoms)
+        energy = e_atoms.sum()
+        (grad,) = torch.autograd.grad(energy, edge_vec)  # runs every reverse exchange
+
+        fij = torch.zeros(npairs, 3, dtype=torch.float64, device=dev)
+        fij[keep] = grad.detach().to(torch.float64) * factor
+        data.energy = float(energy.detach()) * factor
+        if nlist:
+            iatoms = tensor(data.iatoms, torch.long)[:nlist]
+            ea = (e_atoms.detach().to(torch.float64) * factor)[iatoms]
+            target = data.eatoms
+            try:  # Kokkos: eatoms is a view of LAMMPS memory (numpy or cupy): write in place
+                torch.as_tensor(target, device=dev).copy_(ea)
+            except Exception:
+                data.eatoms = ea.cpu().numpy()
+        if npairs:
+            data.update_pair_forces(fij if dev.type == "cuda" else fij.cpu().numpy())
+
     def compute_forces(self, data):
         """Graph in, forces out: checks, graph, model, pair forces (see module docstring)."""
+        if self.exchange_available(data):
+            return self._compute_forces_exchange(data)
         ctx = self._context()
         a = _read_data(data)
         self._check(ctx, a)
@@ -298,6 +412,13 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         if codes[3]:
             raise self._min_distance_error(ctx, a, close)
         a.folded = ctx.nprocs == 1 and ctx.inside_lammps
+        if a.folded and a.ntotal > a.nlocal and "shell1" not in self._warned:
+            skin = ctx.skin()
+            if ctx.ghost_cutoff() > self.cutoff + skin + 1e-6:
+                self._warn_once("shell1", "polyget: one rank: periodic images are folded onto "
+                                "their atoms, so the model needs no ghost shell; `comm_modify "
+                                "cutoff %.4g` only makes LAMMPS build %d ghost atoms (remove it "
+                                "when running on one rank)" % (ctx.ghost_cutoff(), a.ntotal - a.nlocal))
         if not a.folded and ctx.nprocs > 1 and self.receptive_hops > 1:
             skin = ctx.skin()
             need = self.required_ghost_cutoff(skin)
