@@ -260,3 +260,19 @@ def test_md_cli_reports_the_stop(md_model, tmp_path):
     assert r.returncode == 2, r.stderr
     assert "polyget md: error: stopped at step" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "o" / "md_log.csv").is_file()
+
+
+# ------------------------------------------------------------------------- ML-IAP instance
+def test_mliap_refuses_an_instance_it_cannot_inspect(tmp_path):
+    """Inside LAMMPS but the instance cannot be read: refuse (it used to assume units metal)."""
+    from polyget.lammps.mliap import PolyGETLammpsError, load
+
+    pt, _ = export_model(tiny_model(torch.float64), tmp_path / "m.pt")
+    obj = load(str(pt))
+
+    class NotTheInterface:
+        pass
+
+    obj.interface = NotTheInterface()
+    with pytest.raises(PolyGETLammpsError, match="cannot inspect this LAMMPS instance.*refuses to guess"):
+        obj.compute_forces(object())

@@ -53,6 +53,8 @@ def test_metadata_declares_per_layer_exchange(exported):
     model, jit = exported
     meta = read_metadata(jit)
     assert meta["num_exchanges"] == 3 and meta["exchange_width"] == 4 * 32
+    cpp = _core.read_metadata(str(jit))  # the C++ reader sees the same optional records
+    assert (cpp["num_exchanges"], cpp["exchange_width"]) == (3, 4 * 32)
     cm = _core.Model(jit, "cpu")
     assert cm.supports_halo and cm.num_exchanges == 3 and cm.exchange_width == 128
 

@@ -314,9 +314,8 @@ def kind_advice(path: PathLike, kind: str, wanted: str) -> str:
     ("checkpoint", "torchscript" or "model": either of those two)."""
     p = str(path)
     stem = p[:-3] if p.endswith(".pt") and not p.endswith(".jit.pt") else None
-    sib = ""
-    if stem is not None and os.path.isfile(stem + ".jit.pt"):
-        sib = " (%s.jit.pt is next to it)" % stem
+    jit = (stem + ".jit.pt") if stem is not None else "NAME.jit.pt"
+    sib = " (it is next to it)" if stem is not None and os.path.isfile(jit) else ""
     if kind == "missing":
         return "%s: no such file" % p
     if kind == "directory":
@@ -329,8 +328,8 @@ def kind_advice(path: PathLike, kind: str, wanted: str) -> str:
             return ("%s is an exported ML-IAP file (NAME.pt, for `pair_style mliap unified`), "
                     "not a training checkpoint: give the .ckpt written by `polyget train`" % p)
         return ("%s is the ML-IAP file for `pair_style mliap unified` (a pickle that only LAMMPS "
-                "loads); use NAME.jit.pt from the same export%s, or the .ckpt checkpoint"
-                % (p, sib))
+                "loads); use %s from the same export%s, or the .ckpt checkpoint"
+                % (p, jit, sib))
     if wanted == "mliap" and kind == "torchscript":
         return ("%s is a TorchScript model (NAME.jit.pt, for `pair_style polyget`); `pair_style "
                 "mliap unified` needs the ML-IAP file NAME.pt that python/export.py writes next "

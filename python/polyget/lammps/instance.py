@@ -81,7 +81,8 @@ class LammpsInstance:
             raise InstanceError("no ML-IAP interface object (%s)" % type(interface).__name__)
         lib = ctypes.CDLL(None)
         for name in ("lammps_extract_setting", "lammps_extract_global", "lammps_extract_atom",
-                     "lammps_get_mpi_comm", "lammps_extract_variable", "lammps_free"):
+                     "lammps_get_mpi_comm", "lammps_extract_variable", "lammps_free",
+                     "lammps_has_id", "lammps_extract_variable_datatype"):
             if not hasattr(lib, name):
                 raise InstanceError("LAMMPS library symbol %s is not visible in this process"
                                     % name)
@@ -97,6 +98,10 @@ class LammpsInstance:
         lib.lammps_extract_variable.restype = ctypes.c_void_p
         lib.lammps_free.argtypes = [ctypes.c_void_p]
         lib.lammps_free.restype = None
+        lib.lammps_has_id.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+        lib.lammps_has_id.restype = ctypes.c_int
+        lib.lammps_extract_variable_datatype.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.lammps_extract_variable_datatype.restype = ctypes.c_int
 
         model = _read_ptr(id(interface) + self._IFACE_MODEL_OFFSET)
         if not model:
@@ -168,7 +173,13 @@ class LammpsInstance:
         return max(cutghostuser, self.global_double("neigh_cutmax"))
 
     def variable(self, name: str) -> Optional[float]:
-        """Value of an equal-style variable, None if it is not defined."""
+        """Value of an equal-style variable, None if it is not defined (an error if it is of
+        another style)."""
+        if not self.lib.lammps_has_id(self.ptr, b"variable", name.encode()):
+            return None
+        if self.lib.lammps_extract_variable_datatype(self.ptr, name.encode()) != 0:  # LMP_VAR_EQUAL
+            raise InstanceError("variable %s must be an equal-style number (variable %s equal X)"
+                                % (name, name))
         p = self.lib.lammps_extract_variable(self.ptr, name.encode(), None)
         if not p:
             return None

@@ -234,7 +234,10 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                 ) from None
             self._ctx_for = iface
             self._mpi_comm = self._ctx.mpi_comm() if self._ctx.nprocs > 1 else None
-            thr = self._ctx.variable(MIN_DISTANCE_VARIABLE)
+            try:
+                thr = self._ctx.variable(MIN_DISTANCE_VARIABLE)
+            except InstanceError as exc:
+                raise PolyGETLammpsError("polyget: %s" % exc) from None
             self._min_distance = float(self.metadata["min_distance"]) if thr is None else thr
         return self._ctx
 
