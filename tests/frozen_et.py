@@ -20,9 +20,6 @@ def lookup(table, name, what):
     return table[name]
 
 
-
-
-
 class CosineCutoff(nn.Module):
     """C(r) = (cos(pi r / rc) + 1) / 2 for r < rc, else 0. C and dC/dr vanish at rc."""
 
@@ -81,14 +78,6 @@ class GaussianSmearing(nn.Module):
         return self.cutoff_fn(r) * torch.exp(self.widths * (r - self.offsets) ** 2)
 
 
-
-
-
-
-
-
-
-
 class NeighborEmbedding(nn.Module):
     """x_i <- W [x_i, sum_j emb(z_j) * (W_d rbf(r_ij)) C(r_ij)]."""
 
@@ -108,9 +97,6 @@ class NeighborEmbedding(nn.Module):
         msg = self.embedding(species)[edge_index[1]] * w
         agg = torch.zeros_like(x).index_add_(0, edge_index[0], msg)
         return self.combine(torch.cat([x, agg], dim=-1))
-
-
-
 
 
 class EquivariantAttention(nn.Module):
@@ -177,9 +163,6 @@ class EquivariantAttention(nn.Module):
         return dx, dvec
 
 
-
-
-
 def safe_norm(v: Tensor, dim: int) -> Tensor:
     # sqrt(|v|^2 + eps): finite first and second derivatives at v = 0 (isolated atoms have v = 0)
     return torch.sqrt((v * v).sum(dim=dim) + 1e-12)
@@ -225,9 +208,6 @@ class EquivariantScalar(nn.Module):
         x, v = self.block2(x, v)
         # v is unused after the last block; the 0 * v term keeps it in the autograd graph
         return x.squeeze(-1) + 0.0 * v.sum(dim=(1, 2))
-
-
-
 
 
 @dataclass
