@@ -41,10 +41,12 @@ demo: setup-lammps
 	@echo "demo: steps/s is the 'timesteps/s' figure on the Performance line above"
 
 # Benchmarks (bench/README.md): results in bench/results/*.json and *.md.
+# `make bench`: polyget's paths side by side with TorchMD-Net 3.1 (installed into build/tmdnet),
+# one interleaved run; BENCH_ARGS narrows it (e.g. BENCH_ARGS="--sizes 360 --threads 2").
+BENCH_ARGS ?= --sizes 360,3456,36000 --train
 bench: setup
-	$(PY) bench/bench_model.py --threads 2
-	$(PY) bench/lammps_mliap.py --model potentials/polyget-mini.pt --ranks 1 2
-	$(PY) bench/bench_native.py --model potentials/polyget-mini.pt
+	bash bench/setup_tmdnet.sh
+	$(PY) bench/run_bench.py $(BENCH_ARGS)
 
 # Reference data (docs/data.md). data-mini regenerates the shipped GFN2-xTB set (~1 h on 2 cores);
 # data-full makes the Poly24-style set (~9 h on 2 cores with OpenBLAS, see docs/data.md).

@@ -113,6 +113,8 @@ py::dict metadata_dict(const polyget::Metadata &m) {
     d["num_exchanges"] = m.num_exchanges;
     d["exchange_width"] = m.exchange_width;
   }
+  if (!m.aoti_package.empty()) d["aoti_package"] = m.aoti_package;
+  if (!m.fingerprint.empty()) d["fingerprint"] = m.fingerprint;
   return d;
 }
 
@@ -193,5 +195,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("min_distance", [](const polyget::Model &mdl) { return mdl.metadata().min_distance; })
       .def_property_readonly("num_allocations", &polyget::Model::num_allocations)
       .def_property_readonly("atom_capacity", &polyget::Model::atom_capacity)
-      .def_property_readonly("edge_capacity", &polyget::Model::edge_capacity);
+      .def_property_readonly("edge_capacity", &polyget::Model::edge_capacity)
+      .def_property_readonly("uses_aoti", &polyget::Model::uses_aoti)
+      .def_property_readonly("aoti_status", &polyget::Model::aoti_status)
+      .def_property_readonly("load_seconds", &polyget::Model::load_seconds);
 }

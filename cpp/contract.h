@@ -40,7 +40,8 @@ inline const std::vector<std::string> &metadata_keys() {
 
 // optional keys, in the order of polyget.contract.OPTIONAL_METADATA_KEYS
 inline const std::vector<std::string> &optional_metadata_keys() {
-  static const std::vector<std::string> keys = {"num_exchanges", "exchange_width"};
+  static const std::vector<std::string> keys = {"num_exchanges", "exchange_width", "aoti_package",
+                                                "fingerprint"};
   return keys;
 }
 
@@ -87,6 +88,12 @@ struct Metadata {
   int num_exchanges = 0;
   int exchange_width = 0;
   bool per_layer_exchange() const { return num_exchanges > 0; }
+  // optional records of the compiled form: aoti_package = file name of the AOTInductor package
+  // next to NAME.jit.pt (python/polyget/compile.py); fingerprint = hash of the weights, repeated
+  // in the package so that a stale package is never run with a newer TorchScript file. Empty
+  // when absent.
+  std::string aoti_package;
+  std::string fingerprint;
 
   int element_index(const std::string &symbol) const {
     for (size_t k = 0; k < elements.size(); ++k)
@@ -189,6 +196,8 @@ inline Metadata parse_records(const std::map<std::string, std::string> &records,
   // optional records: absent means the feature is absent
   if (records.count(pre + "num_exchanges")) m.num_exchanges = as_int("num_exchanges");
   if (records.count(pre + "exchange_width")) m.exchange_width = as_int("exchange_width");
+  if (records.count(pre + "aoti_package")) m.aoti_package = text("aoti_package");
+  if (records.count(pre + "fingerprint")) m.fingerprint = text("fingerprint");
 
   if (m.elements.empty()) throw bad("elements is empty");
   if (std::set<std::string>(m.elements.begin(), m.elements.end()).size() != m.elements.size())

@@ -5,8 +5,11 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <ATen/Version.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -145,6 +148,7 @@ torch::Device choose_device(const std::string &request, int local_rank) {
 
 Model::Model(const std::string &path, const std::string &device, int local_rank)
     : path_(path), device_(torch::kCPU), dtype_(torch::kFloat64) {
+  const auto t_start = std::chrono::steady_clock::now();
   device_ = choose_device(device, local_rank);
 
   meta_ = read_metadata(path);
@@ -215,9 +219,124 @@ Model::Model(const std::string &path, const std::string &device, int local_rank)
   debug_ = dbg && std::string(dbg) != "0" && std::string(dbg) != "";
   const char *dump = std::getenv("POLYGET_DEBUG_DUMP");
   if (dump) dump_prefix_ = dump;
-  // POLYGET_JIT_OPTIMIZE=0 turns off the TorchScript graph optimiser (a debugging aid)
+  // The TorchScript graph executor's optimisations (profiling runs, then autodiff subgraphs)
+  // make this model slower, not faster (bench/README.md), and cost several slow first steps:
+  // off unless POLYGET_JIT_OPTIMIZE=1. The setting is global to the process.
   const char *opt = std::getenv("POLYGET_JIT_OPTIMIZE");
-  if (opt && std::string(opt) == "0") torch::jit::setGraphExecutorOptimize(false);
+  torch::jit::setGraphExecutorOptimize(opt && std::string(opt) == "1");
+
+  load_aoti();
+  warm_up();
+  load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (debug_)
+    std::fprintf(stderr, "polyget: loaded %s in %.2f s (%s)\n", path_.c_str(), load_seconds_,
+                 aoti_status_.c_str());
+}
+
+namespace {
+std::string dirname_of(const std::string &path) {
+  auto pos = path.find_last_of('/');
+  return pos == std::string::npos ? std::string(".") : path.substr(0, pos);
+}
+}  // namespace
+
+void Model::load_aoti() {
+  aoti_.reset();
+  const char *env = std::getenv("POLYGET_AOTI");
+  if (env && std::string(env) == "0") {
+    aoti_status_ = "TorchScript (POLYGET_AOTI=0)";
+    return;
+  }
+  if (meta_.aoti_package.empty()) {
+    aoti_status_ = "TorchScript (no AOTInductor package in the metadata)";
+    return;
+  }
+  std::string pkg = meta_.aoti_package;
+  if (pkg[0] != '/') pkg = dirname_of(path_) + "/" + pkg;
+  auto skip = [&](const std::string &why) {
+    aoti_status_ = "TorchScript (" + pkg + " not used: " + why + ")";
+    std::fprintf(stderr, "polyget: %s: %s\n", path_.c_str(), aoti_status_.c_str());
+  };
+  if (!file_readable(pkg)) return skip("file not found; re-export to write it");
+  std::unordered_map<std::string, std::string> pm;
+  try {
+    pm = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(pkg, "model");
+  } catch (const std::exception &e) {
+    return skip(std::string("unreadable package: ") + first_line(e.what()));
+  }
+  auto get = [&](const char *k) { auto it = pm.find(k); return it == pm.end() ? std::string() : it->second; };
+  if (get("polyget.format") != "polyget-aoti" || get("polyget.format_version") != "1")
+    return skip("not a polyget AOTInductor package of format 1");
+  if (meta_.fingerprint.empty() || get("polyget.fingerprint") != meta_.fingerprint)
+    return skip("its weights fingerprint differs from this TorchScript file's (stale package)");
+  if (get("polyget.dtype") != meta_.dtype) return skip("dtype " + get("polyget.dtype"));
+  const std::string pdev = get("polyget.device");
+  if ((pdev == "cuda") != device_.is_cuda())
+    return skip("compiled for " + pdev + ", running on " + device_.str());
+  if (pdev == "cpu") {
+    // a package compiled for AVX-512 must not run where only AVX2 is (illegal instruction)
+    const std::string isa = get("polyget.isa");
+    std::string cap = at::get_cpu_capability();
+    std::transform(cap.begin(), cap.end(), cap.begin(), ::tolower);
+    if (isa.rfind("avx512", 0) == 0 && cap.rfind("avx512", 0) != 0)
+      return skip("compiled for " + isa + ", this CPU (or ATEN_CPU_CAPABILITY) offers " + cap);
+  }
+  try {
+    auto loader = std::make_shared<torch::inductor::AOTIModelPackageLoader>(
+        pkg, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
+        device_.is_cuda() ? device_.index() : static_cast<c10::DeviceIndex>(-1));
+    aoti_ = loader;
+  } catch (const std::exception &e) {
+    return skip(std::string("cannot load: ") + first_line(e.what()));
+  }
+  aoti_status_ = "AOTInductor " + pkg;
+}
+
+// One evaluation on a small synthetic graph at load time, so that one-time costs (allocator
+// pools, lazy initialisation, kernel loading) are not paid by the first MD steps.
+void Model::warm_up() {
+  const char *env = std::getenv("POLYGET_WARMUP");
+  if (env && std::string(env) == "0") return;
+  const int64_t n = 8;
+  std::vector<int64_t> species(n), ei, ej;
+  std::vector<double> vec;
+  const int64_t nel = static_cast<int64_t>(meta_.elements.size());
+  for (int64_t a = 0; a < n; ++a) species[a] = a % nel;
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t b = 0; b < n; ++b) {
+      if (a == b) continue;
+      ei.push_back(a);
+      ej.push_back(b);
+      // atoms on a line 1.1 A apart, within any sensible cutoff for neighbours
+      const double d = 1.1 * static_cast<double>(b - a);
+      if (std::abs(d) >= meta_.cutoff) { ei.pop_back(); ej.pop_back(); continue; }
+      vec.insert(vec.end(), {d, 0.1 * static_cast<double>((a + b) % 3), 0.0});
+    }
+  const int64_t saved_calls = ncalls_;
+  compute(n, species.data(), static_cast<int64_t>(ei.size()), ei.data(), ej.data(), vec.data(), n, true);
+  ncalls_ = saved_calls;
+}
+
+bool Model::run_aoti(int64_t natoms, int64_t nedges, int64_t nlocal, const torch::Tensor &sp,
+                     const torch::Tensor &ei, const torch::Tensor &ev) {
+  auto *loader = static_cast<torch::inductor::AOTIModelPackageLoader *>(aoti_.get());
+  torch::Tensor w = weight_buf_.narrow(0, 0, natoms);
+  w.narrow(0, 0, nlocal).fill_(1.0);
+  if (natoms > nlocal) w.narrow(0, nlocal, natoms - nlocal).zero_();
+  std::vector<at::Tensor> out;
+  {
+    torch::NoGradGuard no_grad;
+    out = loader->run({sp, ei.contiguous(), ev.contiguous(), w});
+  }
+  if (out.size() != 2 || out[0].dim() != 1 || out[0].size(0) != natoms || out[1].dim() != 2 ||
+      out[1].size(0) != nedges)
+    throw ModelError(path_ + ": the AOTInductor package returned unexpected outputs; re-export the "
+                     "model, or set POLYGET_AOTI=0 to run the TorchScript file");
+  auto cpu_double = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::from_blob(atom_energy_.data(), {natoms}, cpu_double).copy_(out[0]);
+  torch::from_blob(fij_.data(), {nedges, 3}, cpu_double).copy_(out[1]);
+  for (int64_t a = 0; a < nlocal; ++a) energy_ += atom_energy_[a];
+  return true;
 }
 
 void Model::ensure_capacity(int64_t natoms, int64_t nedges) {
@@ -225,6 +344,7 @@ void Model::ensure_capacity(int64_t natoms, int64_t nedges) {
   if (natoms > cap_atoms_ || !species_buf_.defined()) {
     cap_atoms_ = grow(natoms);
     species_buf_ = torch::empty({cap_atoms_}, long_opts);
+    weight_buf_ = torch::empty({cap_atoms_}, torch::TensorOptions().dtype(dtype_).device(device_));
     atom_energy_.assign(cap_atoms_, 0.0);
     ++num_allocations_;
   }
@@ -281,8 +401,17 @@ void Model::compute(int64_t natoms, const int64_t *species, int64_t nedges, cons
   auto cpu_double = torch::TensorOptions().dtype(torch::kFloat64);
   torch::Tensor sp, ei, ev;
   upload(natoms, species, nedges, edge_i, edge_j, edge_vec, sp, ei, ev);
-  if (want_fij) ev.requires_grad_(true);
   if (!dump_prefix_.empty()) debug_dump(sp, ei, ev, nlocal);
+  if (aoti_ && natoms >= 2 && nedges >= 2) {
+    // the package always computes fij (one fused forward + backward)
+    run_aoti(natoms, nedges, nlocal, sp, ei, ev);
+    if (debug_)
+      std::fprintf(stderr, "polyget: call %lld (AOTInductor) natoms=%lld nlocal=%lld nedges=%lld "
+                   "energy=%.12g\n", static_cast<long long>(ncalls_), static_cast<long long>(natoms),
+                   static_cast<long long>(nlocal), static_cast<long long>(nedges), energy_);
+    return;
+  }
+  if (want_fij) ev.requires_grad_(true);
 
   torch::Tensor out;
   {

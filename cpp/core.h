@@ -12,6 +12,8 @@
 
 #include <torch/script.h>
 
+#include <memory>
+
 #include <cstdint>
 #include <map>
 #include <stdexcept>
@@ -90,6 +92,15 @@ class Model {
   int64_t natoms() const { return natoms_; }
   int64_t nedges() const { return nedges_; }
 
+  // The AOTInductor package (metadata aoti_package) runs compute() when it was found, matches
+  // this file (fingerprint, dtype, device, CPU instruction set) and POLYGET_AOTI is not 0; the
+  // TorchScript model runs compute_halo() and whatever the package cannot (fewer than 2 atoms
+  // or edges). aoti_status() says which and why ("" until the constructor ran).
+  bool uses_aoti() const { return aoti_ != nullptr; }
+  const std::string &aoti_status() const { return aoti_status_; }
+  // seconds the constructor spent loading and warming up the model(s)
+  double load_seconds() const { return load_seconds_; }
+
   // How many times the input/output buffers were (re)allocated; they only grow when the atom or
   // edge count exceeds every previous call's.
   int64_t num_allocations() const { return num_allocations_; }
@@ -112,6 +123,14 @@ class Model {
   torch::Device device_;
   torch::ScalarType dtype_;
   torch::jit::Module module_;
+  std::shared_ptr<void> aoti_;  // torch::inductor::AOTIModelPackageLoader (opaque here)
+  std::string aoti_status_;
+  double load_seconds_ = 0.0;
+  torch::Tensor weight_buf_;  // [cap_atoms] model dtype: 1 for owned atoms, 0 for ghosts
+  void load_aoti();
+  void warm_up();
+  bool run_aoti(int64_t natoms, int64_t nedges, int64_t nlocal, const torch::Tensor &sp,
+                const torch::Tensor &ei, const torch::Tensor &ev);
   bool halo_methods_ = false;
   int64_t n_forward_ = 0;
   int64_t n_reverse_ = 0;

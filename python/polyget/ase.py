@@ -24,12 +24,16 @@ class PolyGETCalculator(Calculator):
     device : ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...)
     dtype : ``"float64"`` (default; use for tests and NVE) or ``"float32"`` (faster)
     backend : ``"torch"`` (Python) or ``"native"`` (the C++ core ``polyget._core``; needs a
-        ``.jit.pt`` file)
+        ``.jit.pt`` file; runs its AOTInductor package when export wrote one)
+    compile : ``torch.compile`` the model (``backend="torch"`` with a checkpoint): faster
+        steps after a one-time compilation of tens of seconds (dynamic shapes: changing atom
+        and edge counts do not recompile). Off by default.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "float64", backend: str = "torch", **kwargs):
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "float64", backend: str = "torch",
+                 compile: bool = False, **kwargs):
         super().__init__(**kwargs)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device={device!r} asked for, but torch.cuda.is_available() is False; use device='cpu'")
@@ -41,6 +45,13 @@ class PolyGETCalculator(Calculator):
         self.model_path = str(model)
         self.model, self.elements, self.cutoff, self.metadata = load_any(model, device=device, dtype=self.dtype)
         self.native = None
+        if compile and backend == "torch":
+            if isinstance(self.model, torch.jit.ScriptModule):
+                raise ValueError("compile=True needs a checkpoint (an eager model), not an exported "
+                                 "TorchScript file; or use backend='native'")
+            from .compile import compile_model
+
+            self.model = compile_model(self.model)
         if backend == "native":
             from .native import NativeModel
 

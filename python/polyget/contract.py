@@ -96,10 +96,15 @@ METADATA_KEYS: Tuple[Tuple[str, str], ...] = (
 # file has the methods edge_features/embed/interact/readout (nn/model.py); engines exchange
 # node features num_exchanges times per evaluation, exchange_width numbers per atom each time
 # (what LAMMPS comm buffers are sized with).
+# Compiled form: aoti_package names the AOTInductor package next to NAME.jit.pt (polyget/compile.py),
+# fingerprint is the hash of the weights that the package repeats (a stale package is never run).
 OPTIONAL_METADATA_KEYS: Tuple[Tuple[str, str], ...] = (
     ("num_exchanges", "int"),
     ("exchange_width", "int"),
+    ("aoti_package", "str"),
+    ("fingerprint", "str"),
 )
+EXCHANGE_KEYS = ("num_exchanges", "exchange_width")  # present together or not at all
 # Free-form provenance (calibration, source checkpoint, ...): JSON, read by Python only, never
 # holding a contract key.
 INFO_RECORD = RECORD_PREFIX + "info.json"
@@ -139,7 +144,7 @@ def metadata_records(meta: Dict[str, Any]) -> Dict[str, str]:
             out[RECORD_PREFIX + key] = str(v)
     for key, kind in OPTIONAL_METADATA_KEYS:
         if flat.get(key) is not None:
-            out[RECORD_PREFIX + key] = str(int(flat[key]))
+            out[RECORD_PREFIX + key] = str(int(flat[key])) if kind == "int" else str(flat[key])
     contract = {k for k, _ in METADATA_KEYS + OPTIONAL_METADATA_KEYS} | {"units"}
     info = {k: v for k, v in meta.items() if k not in contract}
     out[INFO_RECORD] = json.dumps(info, sort_keys=True)
@@ -152,7 +157,7 @@ def parse_records(records: Dict[str, str], source: str) -> Dict[str, Any]:
     Returns ``{"format", "format_version", "elements" (list), "cutoff", "num_layers",
     "receptive_hops", "dtype", "units": {"energy", "length"}, "min_distance",
     "polyget_version", "torch_version"}``, ``num_exchanges`` and ``exchange_width`` when the
-    file supports per-layer halo exchange, plus the provenance entries of ``polyget.info.json``.
+    file supports per-layer halo exchange, ``aoti_package`` and ``fingerprint`` when written, plus the provenance entries of ``polyget.info.json``.
     Mirrors ``polyget::parse_records`` in cpp/contract.h (same checks, same messages).
     """
     fmt_rec = records.get(RECORD_PREFIX + "format")
@@ -198,15 +203,19 @@ def parse_records(records: Dict[str, str], source: str) -> Dict[str, Any]:
             raise ModelFileError("%s was exported with format_version %d; this polyget reads "
                                  "format_version %d: %s" % (source, meta[key],
                                                            TORCHSCRIPT_VERSION, what))
-    present = [k for k, _ in OPTIONAL_METADATA_KEYS if RECORD_PREFIX + k in records]
-    for key in present:
+    for key, kind in OPTIONAL_METADATA_KEYS:
+        if RECORD_PREFIX + key not in records:
+            continue
         text = records[RECORD_PREFIX + key].strip()
+        if kind != "int":
+            meta[key] = text
+            continue
         try:
             meta[key] = int(text)
         except ValueError:
             raise ModelFileError("%s: metadata %s must be an integer, found %r; %s"
                                  % (source, key, text, EXPORT_HINT)) from None
-    if len(present) == 1:
+    if sum(RECORD_PREFIX + k in records for k in EXCHANGE_KEYS) == 1:
         raise ModelFileError("%s: metadata has only one of num_exchanges and exchange_width "
                              "(per-layer exchange needs both); %s" % (source, EXPORT_HINT))
     _validate(meta, source)

@@ -6,7 +6,14 @@
 * ``NAME.pt``: the ML-IAP unified object (``polyget.lammps.mliap.PolyGETMLIAP``, pickled with
   ``torch.save``) for ``pair_style mliap unified NAME.pt 0|1``;
 * ``NAME.jit.pt``: the TorchScript model with the contract metadata records
-  (:mod:`polyget.contract`) for ``pair_style polyget``, ``polyget._core`` and the ASE calculator.
+  (:mod:`polyget.contract`) for ``pair_style polyget``, ``polyget._core`` and the ASE calculator
+  (the portable form; also what ``mliap unified`` runs, and what the per-layer halo exchange
+  runs);
+* ``NAME.aoti.pt2`` (``--aoti``, the default of the command line): the AOTInductor package of
+  the energy-and-forces function (polyget/compile.py), compiled for this machine's CPU (or
+  GPU with ``--device cuda``). The TorchScript metadata names it (``aoti_package``) and both
+  carry the weights' ``fingerprint`` (optional contract records); ``polyget._core`` and ``pair_style polyget`` run it for
+  whole-graph evaluations when it matches, else the TorchScript file.
 """
 
 from __future__ import annotations
@@ -96,10 +103,17 @@ def exchange_metadata(model: torch.nn.Module) -> Optional[Dict[str, int]]:
             "exchange_width": int(x[0].numel() + vec[0].numel())}
 
 
+def aoti_path(jit_path: str | os.PathLike) -> Path:
+    """``NAME.jit.pt`` -> ``NAME.aoti.pt2``."""
+    p = Path(jit_path)
+    return p.with_name(p.name[:-len(".jit.pt")] + ".aoti.pt2")
+
+
 def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "float64",
-                 device: str = "cpu", extra_metadata: Optional[Dict[str, Any]] = None
-                 ) -> Tuple[Path, Path]:
-    """Write NAME.pt and NAME.jit.pt for an (eager or scripted) polyget-contract model."""
+                 device: str = "cpu", extra_metadata: Optional[Dict[str, Any]] = None,
+                 aoti: bool = False) -> Tuple[Path, Path]:
+    """Write NAME.pt and NAME.jit.pt for an (eager or scripted) polyget-contract model, and
+    with ``aoti`` the AOTInductor package NAME.aoti.pt2 (minutes of compilation)."""
     if dtype not in ("float32", "float64"):
         raise ExportError("--dtype must be float32 or float64, got %r" % dtype)
     if not (device == "cpu" or device.startswith("cuda")):
@@ -110,8 +124,29 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
     meta = metadata_for(model, dtype, extra_metadata)
     if extra_metadata is None or "device" not in extra_metadata:
         meta["device"] = device
-    extra = metadata_records(meta)
     pt_path, jit_path = output_paths(out)
+    pt_path.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(model, torch.jit.ScriptModule):
+        from .compile import model_fingerprint
+
+        meta["fingerprint"] = model_fingerprint(model)
+    if aoti:
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ExportError("an AOTInductor package needs the eager model, not a TorchScript one")
+        from .compile import export_aoti
+
+        pkg = aoti_path(jit_path)
+        try:
+            export_aoti(model, pkg, torch_dtype, device=device,
+                        metadata={"polyget.elements": " ".join(model.elements),
+                                  "polyget.cutoff": repr(float(model.cutoff))})
+        except Exception as exc:  # the portable files are still written
+            print("export: warning: AOTInductor compilation failed (%s: %s); writing the "
+                  "TorchScript files only" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
+                  file=sys.stderr)
+        else:
+            meta["aoti_package"] = pkg.name
+    extra = metadata_records(meta)
     buf = io.BytesIO()
     torch.jit.save(scripted, buf, _extra_files=extra)
     blob = buf.getvalue()
@@ -139,7 +174,7 @@ def load_checkpoint_model(ckpt: str | os.PathLike, dtype: str = "float64"):
 
 
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float64",
-           device: str = "cpu") -> Tuple[Path, Path]:
+           device: str = "cpu", aoti: bool = False) -> Tuple[Path, Path]:
     """Checkpoint -> (NAME.pt, NAME.jit.pt)."""
     model, ck = load_checkpoint_model(ckpt, dtype)
     extra = {"source_checkpoint": Path(ckpt).name}
@@ -149,7 +184,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float6
             extra["calibration"] = ck["calibration"]
         except TypeError:
             pass
-    return export_model(model, out, dtype=dtype, device=device, extra_metadata=extra)
+    return export_model(model, out, dtype=dtype, device=device, extra_metadata=extra, aoti=aoti)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -165,15 +200,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--device", default="cpu",
                    help="device the ML-IAP model runs on: cpu or cuda (falls back to the CPU "
                         "with a warning where CUDA is absent; POLYGET_DEVICE overrides at run time)")
+    p.add_argument("--aoti", action=argparse.BooleanOptionalAction, default=True,
+                   help="also compile NAME.aoti.pt2 (AOTInductor; minutes on a small CPU, 2-3x "
+                        "faster in pair_style polyget and polyget._core); --no-aoti skips it")
     args = p.parse_args(argv)
+    if args.aoti:
+        print("export: compiling the AOTInductor package (a few minutes; --no-aoti skips it)",
+              flush=True)
     try:
-        pt, jit = export(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
+        pt, jit = export(args.checkpoint, args.output, dtype=args.dtype, device=args.device,
+                         aoti=args.aoti)
     except ExportError as exc:
         print("export: error: %s" % exc, file=sys.stderr)
         return 2
     obj = torch.load(pt, map_location="cpu", weights_only=False)
     m = obj.metadata
     print("wrote %s (ML-IAP unified) and %s (TorchScript)" % (pt, jit))
+    if m.get("aoti_package"):
+        print("wrote %s (AOTInductor, used by pair_style polyget / polyget._core)"
+              % aoti_path(jit))
     print("  elements %s, cutoff %.3g A, %d layers (%d message-passing hops), %s, device %s"
           % (" ".join(m["elements"]), m["cutoff"], m["num_layers"], obj.receptive_hops,
              m["dtype"], obj.device_request))

@@ -1,0 +1,223 @@
+"""Compiled forms of a polyget model (bench/README.md has the measurements).
+
+* :func:`compile_model`: ``torch.compile`` of a model for training and the ASE calculator
+  (opt-in: the first call of each new graph size class costs a compilation, tens of seconds on
+  a CPU; ``dynamic=True`` so atom and edge counts do not trigger recompiles).
+* :func:`export_aoti`: an AOTInductor package ``NAME.aoti.pt2`` of the energy-and-edge-gradient
+  function, with dynamic atom and edge counts, for the C++ core (``polyget._core``,
+  ``pair_style polyget``). The autograd graph is unfolded with ``make_fx`` into plain aten ops
+  (forward and backward in one graph), exported with ``torch.export`` and compiled with
+  ``torch._inductor.aoti_compile_and_package``: the edge-wise products, gathers and
+  scatter-adds fuse into a few loops, so no [E, 3, F] temporary is written to memory.
+
+The package's call signature (``EnergyForces``) is
+``(species [N] int64, edge_index [2, E] int64, edge_vec [E, 3], atom_weight [N]) ->
+(atom_energy [N], fij [E, 3])`` with fij = d(sum_a atom_weight[a] * atom_energy[a]) / d edge_vec.
+Its package metadata repeats the model's contract fields (``polyget.*``) so that the loader
+can check it belongs to the TorchScript file it sits next to.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+AOTI_FORMAT = "polyget-aoti"
+AOTI_FORMAT_VERSION = 1
+AOTI_SUFFIX = ".aoti.pt2"
+# smallest atom and edge counts the package accepts; the C++ core runs the TorchScript file
+# below them (a rank with one atom or one edge)
+AOTI_MIN_ATOMS = 2
+AOTI_MIN_EDGES = 2
+
+
+class EnergyForces(nn.Module):
+    """(species, edge_index, edge_vec, atom_weight) -> (atom_energy, fij): what AOTI compiles."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor, atom_weight: Tensor
+                ) -> Tuple[Tensor, Tensor]:
+        edge_vec.requires_grad_(True)
+        atom_energy = self.model(species, edge_index, edge_vec)
+        (fij,) = torch.autograd.grad([(atom_energy * atom_weight).sum()], [edge_vec])
+        return atom_energy.detach(), fij
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the parameters and buffers (names, shapes, dtypes, values), 16 hex digits."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        a = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(a.shape)).encode())
+        h.update(str(a.dtype).encode())
+        h.update(a.numpy().tobytes() if a.dtype != torch.bfloat16 else a.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def example_graph(elements, cutoff: float, n: int = 48, seed: int = 0
+                  ) -> Tuple[Tensor, Tensor, Tensor]:
+    """A random cluster with every element (species, edge_index, edge_vec float64) to trace with."""
+    from .nn.graph import neighbour_list
+
+    rng = np.random.default_rng(seed)
+    # ~0.1 atoms per cubic Angstrom, like condensed organic matter
+    side = (n / 0.1) ** (1.0 / 3.0)
+    while True:
+        pos = rng.uniform(0.0, side, size=(n, 3))
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(n) * 10
+        if d.min() > 0.9:
+            break
+        side *= 1.02
+    species = np.arange(n) % len(elements)
+    ei, _ = neighbour_list(pos, np.zeros((3, 3)), [False] * 3, cutoff)
+    vec = pos[ei[1]] - pos[ei[0]]
+    return torch.as_tensor(species), torch.as_tensor(ei), torch.as_tensor(vec)
+
+
+def _trace(module: nn.Module, inputs) -> torch.fx.GraphModule:
+    from torch.fx.experimental import _config as fx_config
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    old = fx_config.use_duck_shape
+    # no duck shaping: an atom or edge count equal to a feature size must not be specialised
+    fx_config.use_duck_shape = False
+    try:
+        return make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(
+            *[t.clone() for t in inputs])
+    finally:
+        fx_config.use_duck_shape = old
+
+
+def export_aoti(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype,
+                device: str = "cpu", metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Compile ``model`` (polyget contract: forward(species, edge_index, edge_vec) -> [N]) to
+    an AOTInductor package at ``path``; returns the path. Takes minutes on a small CPU."""
+    import torch._inductor
+
+    path = Path(path)
+    model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = EnergyForces(model).eval()
+    species, ei, vec = example_graph(list(model.elements), float(model.cutoff))
+    inputs = (species.to(device), ei.to(device), vec.to(device=device, dtype=dtype),
+              torch.ones(len(species), dtype=dtype, device=device))
+    gm = _trace(wrapped, inputs)
+    n = torch.export.Dim("natoms", min=AOTI_MIN_ATOMS, max=2 ** 31 - 1)
+    e = torch.export.Dim("nedges", min=AOTI_MIN_EDGES, max=2 ** 31 - 1)
+    ep = torch.export.export(gm, inputs, dynamic_shapes=({0: n}, {1: e}, {0: e}, {0: n}))
+    meta = {"polyget.format": AOTI_FORMAT, "polyget.format_version": str(AOTI_FORMAT_VERSION),
+            "polyget.fingerprint": model_fingerprint(model),
+            "polyget.dtype": str(dtype).replace("torch.", ""),
+            "polyget.device": device.split(":")[0],
+            "polyget.isa": _isa_name() if device == "cpu" else "",
+            "polyget.min_atoms": str(AOTI_MIN_ATOMS), "polyget.min_edges": str(AOTI_MIN_EDGES)}
+    meta.update(metadata or {})
+    options = {
+        # threads from omp_get_max_threads() at run time (LAMMPS `threads N`, OMP_NUM_THREADS),
+        # not the number of the machine that compiled the package
+        "cpp.dynamic_threads": True,
+        "aot_inductor.metadata": meta,
+    }
+    tmp = path.with_name(path.name + ".tmp%d.pt2" % os.getpid())
+    out = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp),
+                                                   inductor_configs=options)
+    os.replace(out, path)
+    return path
+
+
+def _isa_name() -> str:
+    """The CPU vector ISA Inductor compiles for on this machine (avx512, avx2, ...)."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        isa = pick_vec_isa()
+        return str(isa) if isa else "none"
+    except Exception:  # pragma: no cover - depends on the torch build
+        return "unknown"
+
+
+def load_aoti(path: str | os.PathLike):
+    """The compiled package as a Python callable (for tests and benchmarks)."""
+    import torch._inductor
+
+    return torch._inductor.aoti_load_package(str(path))
+
+
+def compile_model(model: nn.Module, mode: Optional[str] = None) -> nn.Module:
+    """``torch.compile`` with dynamic shapes (graphs of any size share one compilation)."""
+    return torch.compile(model, dynamic=True, mode=mode)
+
+
+class CompiledForceLoss:
+    """Force-only training loss and its parameter gradients as one compiled graph.
+
+    ``torch.compile`` cannot differentiate a compiled model twice (forces are a first
+    derivative, the loss gradient a second), so the whole step is unfolded with ``make_fx``
+    (forward, force backward with create_graph, loss, parameter backward: plain aten ops) and
+    that graph is compiled with ``torch.compile(dynamic=True)``.
+
+    ``step(graph, target_forces, weight)`` returns the loss and leaves the gradients in
+    ``p.grad`` (like ``loss.backward()``). The model's parameters are read at every call, so
+    the optimizer updates them as usual.
+    """
+
+    def __init__(self, model: nn.Module, graph, compile: bool = True):
+        from torch.func import functional_call
+
+        self.model = model
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.buffer_names = [n for n, _ in model.named_buffers()]
+        names, bnames = self.names, self.buffer_names
+        nparam = len(names)
+
+        def loss_and_grads(*args):
+            params = dict(zip(names, [a.detach().requires_grad_(True) for a in args[:nparam]]))
+            buffers = dict(zip(bnames, args[nparam:nparam + len(bnames)]))
+            species, edge_index, edge_vec, target, weight = args[nparam + len(bnames):]
+            edge_vec = edge_vec.detach().requires_grad_(True)
+            ae = functional_call(model, (params, buffers), (species, edge_index, edge_vec))
+            (fij,) = torch.autograd.grad([ae.sum()], [edge_vec], create_graph=True)
+            n = species.shape[0]
+            f = torch.zeros(n, 3, dtype=fij.dtype, device=fij.device)
+            f = f.index_add(0, edge_index[0], fij).index_add(0, edge_index[1], -fij)
+            loss = weight * ((f - target) ** 2).mean()
+            grads = torch.autograd.grad([loss], list(params.values()), allow_unused=True)
+            return [loss] + [g if g is not None else torch.zeros_like(p)
+                             for g, p in zip(grads, params.values())]
+
+        self._fn = loss_and_grads
+        example = self._inputs(graph, torch.zeros(len(graph.species), 3, dtype=graph.edge_vec.dtype,
+                                                  device=graph.edge_vec.device), 1.0)
+        gm = _trace(loss_and_grads, example)
+        self._graph = torch.compile(gm, dynamic=True) if compile else gm
+
+    def _inputs(self, graph, target, weight):
+        params = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
+        w = torch.tensor(float(weight), dtype=graph.edge_vec.dtype, device=graph.edge_vec.device)
+        return ([params[n].detach() for n in self.names] + [buffers[n] for n in self.buffer_names]
+                + [graph.species, graph.edge_index, graph.edge_vec.detach(), target, w])
+
+    def __call__(self, graph, target: Tensor, weight: float = 1.0) -> Tensor:
+        out = self._graph(*self._inputs(graph, target, weight))
+        params = dict(self.model.named_parameters())
+        for n, g in zip(self.names, out[1:]):
+            p = params[n]
+            p.grad = g if p.grad is None else p.grad + g
+        return out[0]
+
+
+def compiled_force_loss(model: nn.Module, graph, compile: bool = True) -> CompiledForceLoss:
+    return CompiledForceLoss(model, graph, compile)
