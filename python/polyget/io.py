@@ -14,7 +14,7 @@ from typing import Any, Dict, Tuple, Union
 import torch
 
 from . import __version__
-from .nn import ModelConfig, PolyGET
+from .nn import ModelConfig, PolyGET, build_model
 
 CHECKPOINT_FORMAT = "polyget-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -113,8 +113,10 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: Dict[str, Any], dtype: Union[str, torch.dtype] = "float64") -> PolyGET:
-    """Model in ``dtype``; cast before loading so float64 offsets are not rounded through float32."""
-    model = PolyGET(ModelConfig.from_dict(ckpt["hparams"])).to(parse_dtype(dtype))
+    """Model in ``dtype``; cast before loading so float64 offsets are not rounded through float32.
+
+    The backbone comes from hparams["architecture"] ("et" when absent: older checkpoints)."""
+    model = build_model(ModelConfig.from_dict(ckpt["hparams"])).to(parse_dtype(dtype))
     model.load_state_dict(ckpt["model_state"])
     return model
 
