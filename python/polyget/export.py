@@ -57,6 +57,9 @@ def metadata_for(model: torch.nn.Module, dtype: str, extra: Optional[Dict[str, A
         "torch_version": torch.__version__.split("+")[0],
         "mliap_format_version": FORMAT_VERSION,
     }
+    arch = getattr(getattr(model, "config", None), "architecture", None)
+    if arch:  # informative only (eager models; the checkpoint export passes it too)
+        meta["architecture"] = str(arch)
     if extra:
         meta.update(extra)
     return meta
@@ -131,7 +134,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float6
            device: str = "cpu") -> Tuple[Path, Path]:
     """Checkpoint -> (NAME.pt, NAME.jit.pt)."""
     model, ck = load_checkpoint_model(ckpt, dtype)
-    extra = {"source_checkpoint": Path(ckpt).name}
+    extra = {"source_checkpoint": Path(ckpt).name,
+             "architecture": str(ck["hparams"].get("architecture", "et"))}
     if ck.get("calibration"):
         try:
             json.dumps(ck["calibration"])
