@@ -324,3 +324,13 @@ def test_export_and_ase_calculator_on_the_jit_file(so3_ckpt, tmp_path):
     e_ref, f_ref = ref.get_potential_energy(atoms), ref.get_forces(atoms)
     assert abs(via_jit.get_potential_energy(atoms) - e_ref) < 1e-10
     assert np.abs(via_jit.get_forces(atoms) - f_ref).max() < 1e-10
+
+
+def test_shipped_so3krates_config_builds_so3krates():
+    from pathlib import Path
+
+    from polyget.train.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train-so3krates-mini.yaml")
+    model = build_model(ModelConfig.from_dict({**cfg["model"], "elements": ["H", "C", "O"]}))
+    assert isinstance(model, SO3krates) and model.receptive_hops == 3 and model.max_degree == 3
