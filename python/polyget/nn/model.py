@@ -5,7 +5,7 @@ structure is the sum of the per-atom outputs and forces are its negative gradien
 """
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,9 @@ class PolyGET(nn.Module):
         # the neighbour embedding is one message-passing hop, then one per attention layer:
         # an atom's energy depends on atoms up to receptive_hops * cutoff away
         self.receptive_hops: int = int(config.num_layers) + 1
+        # per-layer halo exchange (see embed/interact/readout): node features are exchanged
+        # before every interaction layer; readout needs owned rows only
+        self.num_exchanges: int = int(config.num_layers)
         hidden = config.hidden_channels
         nelem = len(config.elements)
 
@@ -82,21 +85,81 @@ class PolyGET(nn.Module):
         self.register_buffer("energy_scale", torch.tensor(1.0))
         self.register_buffer("atom_offsets", torch.zeros(nelem))
 
-    def forward(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
+    # ------------------------------------------------------------------------------------
+    # The model in pieces, for engines that exchange node features between message-passing
+    # hops (per-layer halo exchange: pair_style polyget, ML-IAP Kokkos). Row convention:
+    # nodes are in engine order, owned atoms 0..n_local-1 first, then ghosts; every edge has
+    # its centre i < n_local. Each piece computes the rows of owned atoms and returns ghost
+    # rows as zeros; the engine fills them from the ghosts' owners ("exchange") before the
+    # next piece reads them, and in the backward pass adds ghost-row gradients to the owners.
+    # The sequence is
+    #     feats = edge_features(edge_vec)
+    #     x, vec = embed(species, edge_index, feats, n_local)
+    #     for layer in range(num_layers): exchange(x, vec); x, vec = interact(layer, ...)
+    #     [exchange(x, vec) if num_exchanges == num_layers + 1]
+    #     atom_energy = readout(species, x, vec, n_local)            # [n_local]
+    # so num_exchanges (read it, do not recompute it) exchanges happen per evaluation.
+    # forward() is this sequence with n_local = N and no exchange.
+    # ------------------------------------------------------------------------------------
+
+    @torch.jit.export
+    def edge_features(self, edge_vec: Tensor) -> Tensor:
+        """Per-edge quantities every piece reads, packed [E, 4 + num_rbf]: r, unit (3), rbf."""
         r = torch.linalg.vector_norm(edge_vec, dim=-1)
         rbf = self.distance_expansion(r)
         unit = edge_vec / r.unsqueeze(-1)
+        return torch.cat([r.unsqueeze(-1), unit, rbf], dim=-1)
 
+    def _unpack(self, feats: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        return feats[:, 0], feats[:, 1:4], feats[:, 4:]
+
+    def _owned_rows(self, t: Tensor, n_local: int) -> Tensor:
+        """Rows 0..n_local-1 of t, ghost rows zero (no-op when there are no ghosts)."""
+        n = t.shape[0]
+        if n_local >= n:
+            return t
+        shape = [n - n_local] + list(t.shape[1:])
+        return torch.cat([t[:n_local], torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=0)
+
+    @torch.jit.export
+    def embed(self, species: Tensor, edge_index: Tensor, feats: Tensor, n_local: int
+              ) -> Tuple[Tensor, Tensor]:
+        """Node features after the neighbour embedding: x [N, F], vec [N, 3, F]."""
+        r, unit, rbf = self._unpack(feats)
         x = self.embedding(species)
         x = self.neighbor_embedding(species, x, edge_index, r, rbf)
         vec = torch.zeros(x.shape[0], 3, x.shape[1], dtype=x.dtype, device=x.device)
-        for layer in self.layers:
-            dx, dvec = layer(x, vec, edge_index, r, rbf, unit)
-            x = x + dx
-            vec = vec + dvec
-        x = self.out_norm(x)
-        out = self.head(x, vec)
-        return out * self.energy_scale + self.atom_offsets[species]
+        return self._owned_rows(x, n_local), vec
+
+    @torch.jit.export
+    def interact(self, layer: int, x: Tensor, vec: Tensor, edge_index: Tensor, feats: Tensor,
+                 n_local: int) -> Tuple[Tensor, Tensor]:
+        """Attention layer `layer` (0..num_layers-1); reads ghost rows, writes owned rows."""
+        if layer < 0 or layer >= self.num_layers:
+            raise ValueError("interact: layer index out of range 0..num_layers-1")
+        r, unit, rbf = self._unpack(feats)
+        for k, mod in enumerate(self.layers):
+            if k == layer:
+                dx, dvec = mod(x, vec, edge_index, r, rbf, unit)
+                x = x + dx
+                vec = vec + dvec
+        return self._owned_rows(x, n_local), self._owned_rows(vec, n_local)
+
+    @torch.jit.export
+    def readout(self, species: Tensor, x: Tensor, vec: Tensor, n_local: int) -> Tensor:
+        """Per-atom energies (eV) of the owned atoms [n_local]."""
+        x = self.out_norm(x[:n_local])
+        out = self.head(x, vec[:n_local])
+        return out * self.energy_scale + self.atom_offsets[species[:n_local]]
+
+    def forward(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
+        """Per-atom energies [N] of a whole graph (every atom owned)."""
+        n = species.shape[0]
+        feats = self.edge_features(edge_vec)
+        x, vec = self.embed(species, edge_index, feats, n)
+        for layer in range(self.num_layers):
+            x, vec = self.interact(layer, x, vec, edge_index, feats, n)
+        return self.readout(species, x, vec, n)
 
     def raw_atom_energies(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
         """Per-atom energies without the per-element calibration offsets (Phi of the paper)."""
