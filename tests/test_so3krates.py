@@ -334,3 +334,74 @@ def test_shipped_so3krates_config_builds_so3krates():
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train-so3krates-mini.yaml")
     model = build_model(ModelConfig.from_dict({**cfg["model"], "elements": ["H", "C", "O"]}))
     assert isinstance(model, SO3krates) and model.receptive_hops == 3 and model.max_degree == 3
+
+
+# ---------------------------------------------------------------- pieces (per-layer halo exchange)
+
+def test_pieces_attributes_and_ghost_rows():
+    model = so3_model(num_layers=3)
+    assert model.num_exchanges == 3 and model.receptive_hops == 3
+    s = torch.jit.script(model)
+    assert s.num_exchanges == 3 and s.num_layers == 3
+    g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)
+    n, nl = len(g.species), 7
+    keep = g.edge_index[0] < nl
+    ei, ev = g.edge_index[:, keep], g.edge_vec[keep]
+    feats = model.edge_features(ev)
+    x, e = model.embed(g.species, ei, feats, nl)
+    assert x.shape == (n, 32) and e.shape == (n, 15)  # the exchanged "vec" is ev [N, 15]
+    assert x[nl:].abs().max() == 0 and x[:nl].abs().max() > 0
+    x2, e2 = model.interact(0, x + 1.0, e + 1.0, ei, feats, nl)
+    assert x2[nl:].abs().max() == 0 and e2[nl:].abs().max() == 0 and e2[:nl].abs().max() > 0
+    assert model.readout(g.species, x2, e2, nl).shape == (nl,)
+    with pytest.raises(Exception, match="out of range"):
+        s.interact(3, x, e, ei, feats, nl)
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_forward_is_the_composition_of_pieces(scripted):
+    from polyget.nn.halo import run_pieces
+    from test_pieces import periodic_box
+
+    model = so3_model(num_layers=3)
+    g = atoms_to_graph(periodic_box(), model.elements, model.cutoff)
+    m = torch.jit.script(model) if scripted else model
+    full = m(g.species, g.edge_index, g.edge_vec)
+    assert torch.equal(full, run_pieces(m, g.species, g.edge_index, g.edge_vec, len(g.species), None))
+    assert (full - model(g.species, g.edge_index, g.edge_vec)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("triclinic", [False, True])
+@pytest.mark.parametrize("scripted", [False, True])
+def test_halo_exchange_equals_full_model_periodic(triclinic, scripted):
+    """Owned atoms + periodic-image ghosts one cutoff wide, (x, ev) exchanged before every layer."""
+    from test_pieces import halo_energy_forces, periodic_box
+
+    model = so3_model(num_layers=3)
+    atoms = periodic_box(seed=1, triclinic=triclinic)
+    ref = evaluate(model, atoms_to_graph(atoms, model.elements, model.cutoff), forces=True, stress=True)
+    e, ae, f, w, nghost = halo_energy_forces(torch.jit.script(model) if scripted else model, atoms)
+    assert nghost > len(atoms)
+    assert abs(e - ref["energy"].item()) < 1e-10
+    assert np.abs(ae - ref["atom_energies"].detach().numpy()).max() < 1e-10
+    assert np.abs(f - ref["forces"].numpy()).max() < 1e-10
+    assert np.abs(w - ref["virial"][0].numpy()).max() < 1e-9
+
+
+def test_halo_without_exchange_is_wrong():
+    from polyget.nn.halo import index_exchange, periodic_halo_graph, run_pieces
+    from test_pieces import periodic_box
+
+    model = so3_model(num_layers=2)
+    atoms = periodic_box(seed=2)
+    owner, shifts, ei = periodic_halo_graph(atoms.positions, atoms.cell.array, atoms.pbc, model.cutoff)
+    n = len(atoms)
+    g = atoms_to_graph(atoms, model.elements, model.cutoff)
+    species = torch.cat([g.species, g.species[torch.as_tensor(owner)]])
+    allpos = np.concatenate([atoms.positions, atoms.positions[owner] + shifts @ atoms.cell.array])
+    ei = torch.as_tensor(ei)
+    vec = torch.as_tensor(allpos[ei[1]] - allpos[ei[0]])
+    good = run_pieces(model, species, ei, vec, n, index_exchange(torch.as_tensor(owner), n)).sum()
+    bad = run_pieces(model, species, ei, vec, n, lambda t: t).sum()
+    full = model(g.species, g.edge_index, g.edge_vec).sum()
+    assert abs(good - full) < 1e-10 and abs(bad - full) > 1e-4

@@ -222,6 +222,9 @@ class SO3krates(nn.Module):
         self.max_degree: int = int(config.max_degree)
         # element-only embedding, then one hop per layer
         self.receptive_hops: int = int(config.num_layers)
+        # per-layer halo exchange (embed/interact/readout): (x, ev) exchanged before every layer
+        self.num_exchanges: int = int(config.num_layers)
+        self.num_rbf: int = int(config.num_rbf)
         hidden = config.hidden_channels
         nelem = len(config.elements)
 
@@ -239,22 +242,74 @@ class SO3krates(nn.Module):
         self.register_buffer("energy_scale", torch.tensor(1.0))
         self.register_buffer("atom_offsets", torch.zeros(nelem))
 
-    def edge_features(self, edge_vec: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """(rbf [E, K], cutoff C(r) [E], spherical harmonics [E, M]) of the edge vectors."""
+    # ------------------------------------------------------------------------------------
+    # The model in pieces for per-layer halo exchange, with the same API and row convention as
+    # the ET (nn/model.py, nn/halo.py): owned atoms 0..n_local-1 first, every edge centre
+    # i < n_local, ghost rows returned as zeros and filled by the engine before each interact.
+    # The exchanged "vec" of SO3krates is its Euclidean variables ev [N, M]
+    # (M = sum_{l=1..max_degree} (2l + 1)); engines treat both tensors as rows of numbers.
+    #     feats = edge_features(edge_vec)
+    #     x, ev = embed(species, edge_index, feats, n_local)
+    #     for layer in range(num_layers): exchange(x, ev); x, ev = interact(layer, ...)
+    #     atom_energy = readout(species, x, ev, n_local)              # [n_local]
+    # num_exchanges = num_layers. forward() is this sequence with n_local = N, no exchange.
+    # ------------------------------------------------------------------------------------
+
+    @torch.jit.export
+    def edge_features(self, edge_vec: Tensor) -> Tensor:
+        """Per-edge quantities packed [E, K + 1 + M]: rbf (K), cutoff C(r), spherical harmonics (M)."""
         r = torch.linalg.vector_norm(edge_vec, dim=-1)
         rbf = self.distance_expansion(r)
         cut = self.cutoff_fn(r)
         ylm = spherical_harmonics(edge_vec / r.unsqueeze(-1), self.max_degree)
-        return rbf, cut, ylm
+        return torch.cat([rbf, cut.unsqueeze(-1), ylm], dim=-1)
 
-    def forward(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
-        rbf, cut, ylm = self.edge_features(edge_vec)
+    def _unpack(self, feats: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        k = self.num_rbf
+        return feats[:, :k], feats[:, k], feats[:, k + 1:]
+
+    def _owned_rows(self, t: Tensor, n_local: int) -> Tensor:
+        """Rows 0..n_local-1 of t, ghost rows zero (no-op when there are no ghosts)."""
+        n = t.shape[0]
+        if n_local >= n:
+            return t
+        shape = [n - n_local] + list(t.shape[1:])
+        return torch.cat([t[:n_local], torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=0)
+
+    @torch.jit.export
+    def embed(self, species: Tensor, edge_index: Tensor, feats: Tensor, n_local: int
+              ) -> Tuple[Tensor, Tensor]:
+        """Element embedding x [N, F] and zero Euclidean variables ev [N, M] (no message passing)."""
         x = self.embedding(species)
         ev = torch.zeros(x.shape[0], self.deg.shape[0], dtype=x.dtype, device=x.device)
-        for layer in self.layers:
-            x, ev = layer(x, ev, edge_index, rbf, cut, ylm, self.deg)
-        out = self.head(x).squeeze(-1)
-        return out * self.energy_scale + self.atom_offsets[species]
+        return self._owned_rows(x, n_local), ev
+
+    @torch.jit.export
+    def interact(self, layer: int, x: Tensor, ev: Tensor, edge_index: Tensor, feats: Tensor,
+                 n_local: int) -> Tuple[Tensor, Tensor]:
+        """Euclidean transformer block `layer` (0..num_layers-1); reads ghost rows, writes owned rows."""
+        if layer < 0 or layer >= self.num_layers:
+            raise ValueError("interact: layer index out of range 0..num_layers-1")
+        rbf, cut, ylm = self._unpack(feats)
+        for k, mod in enumerate(self.layers):
+            if k == layer:
+                x, ev = mod(x, ev, edge_index, rbf, cut, ylm, self.deg)
+        return self._owned_rows(x, n_local), self._owned_rows(ev, n_local)
+
+    @torch.jit.export
+    def readout(self, species: Tensor, x: Tensor, ev: Tensor, n_local: int) -> Tensor:
+        """Per-atom energies (eV) of the owned atoms [n_local]; ev is unused (energy from x)."""
+        out = self.head(x[:n_local]).squeeze(-1)
+        return out * self.energy_scale + self.atom_offsets[species[:n_local]]
+
+    def forward(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
+        """Per-atom energies [N] of a whole graph (every atom owned)."""
+        n = species.shape[0]
+        feats = self.edge_features(edge_vec)
+        x, ev = self.embed(species, edge_index, feats, n)
+        for layer in range(self.num_layers):
+            x, ev = self.interact(layer, x, ev, edge_index, feats, n)
+        return self.readout(species, x, ev, n)
 
     def raw_atom_energies(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
         """Per-atom energies without the per-element calibration offsets."""
