@@ -44,6 +44,54 @@ py::tuple compute(polyget::Model &model, I64Array species, I64Array edge_index, 
   return py::make_tuple(model.energy(), ae, fij);
 }
 
+// ghost row nlocal + g copies row owner[g] (< nlocal + g: a ghost may copy an earlier ghost, as
+// LAMMPS relays do); reverse is the exact adjoint (later ghosts first)
+class IndexExchanger : public polyget::HaloExchanger {
+ public:
+  IndexExchanger(std::vector<int64_t> owner, int64_t nlocal) : owner_(std::move(owner)), nlocal_(nlocal) {}
+  void forward(const std::vector<torch::Tensor> &rows) override {
+    for (const auto &r : rows)
+      for (size_t g = 0; g < owner_.size(); ++g) r[nlocal_ + g].copy_(r[owner_[g]]);
+  }
+  void reverse(const std::vector<torch::Tensor> &rows) override {
+    for (const auto &r : rows)
+      for (size_t g = owner_.size(); g-- > 0;) r[owner_[g]].add_(r[nlocal_ + g]);
+  }
+
+ private:
+  std::vector<int64_t> owner_;
+  int64_t nlocal_;
+};
+
+py::tuple compute_halo(polyget::Model &model, I64Array species, I64Array edge_index,
+                       F64Array edge_vec, int64_t nlocal, I64Array owner, bool want_fij) {
+  if (species.ndim() != 1 || edge_index.ndim() != 2 || edge_index.shape(0) != 2 ||
+      edge_vec.ndim() != 2 || edge_vec.shape(1) != 3 || edge_vec.shape(0) != edge_index.shape(1))
+    throw polyget::ModelError("expected species [N], edge_index [2, E], edge_vec [E, 3]");
+  const int64_t natoms = species.shape(0);
+  const int64_t nedges = edge_index.shape(1);
+  if (owner.ndim() != 1 || owner.shape(0) != natoms - nlocal)
+    throw polyget::ModelError("owner must have one entry per ghost: shape [" +
+                              std::to_string(natoms - nlocal) + "]");
+  std::vector<int64_t> own(owner.data(), owner.data() + owner.shape(0));
+  for (size_t g = 0; g < own.size(); ++g)
+    if (own[g] < 0 || own[g] >= nlocal + static_cast<int64_t>(g))
+      throw polyget::ModelError("owner[" + std::to_string(g) + "] must be a row before the ghost "
+                                "(0 <= owner[g] < nlocal + g)");
+  IndexExchanger ex(std::move(own), nlocal);
+  const int64_t *ei = edge_index.data();
+  {
+    py::gil_scoped_release release;
+    model.compute_halo(natoms, species.data(), nedges, ei, ei + nedges, edge_vec.data(), nlocal,
+                       ex, want_fij);
+  }
+  F64Array ae(nlocal);
+  std::copy(model.atom_energy(), model.atom_energy() + nlocal, ae.mutable_data());
+  F64Array fij({nedges, static_cast<int64_t>(3)});
+  std::copy(model.fij(), model.fij() + 3 * nedges, fij.mutable_data());
+  return py::make_tuple(model.energy(), ae, fij);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -70,6 +118,16 @@ PYBIND11_MODULE(_core, m) {
            py::arg("nlocal") = -1, py::arg("want_fij") = true,
            "compute(species[N] int64, edge_index[2,E] int64, edge_vec[E,3] float64, nlocal=-1 "
            "(all), want_fij=True) -> (energy, atom_energies[N], fij[E,3])")
+      .def("compute_halo", &compute_halo, py::arg("species"), py::arg("edge_index"),
+           py::arg("edge_vec"), py::arg("nlocal"), py::arg("owner"), py::arg("want_fij") = true,
+           "compute_halo(species[N], edge_index[2,E] (centres < nlocal), edge_vec[E,3], nlocal, "
+           "owner[N-nlocal]: row each ghost copies) -> (energy, atom_energies[nlocal], fij[E,3]): "
+           "the model in pieces with per-layer exchange (what pair_style polyget does)")
+      .def_property_readonly("supports_halo", &polyget::Model::supports_halo)
+      .def_property_readonly("num_exchanges", [](const polyget::Model &mdl) { return mdl.metadata().num_exchanges; })
+      .def_property_readonly("exchange_width", [](const polyget::Model &mdl) { return mdl.metadata().exchange_width; })
+      .def_property_readonly("forward_exchanges", &polyget::Model::forward_exchanges)
+      .def_property_readonly("reverse_exchanges", &polyget::Model::reverse_exchanges)
       .def_property_readonly("device", &polyget::Model::device_string)
       .def_property_readonly("path", &polyget::Model::path)
       .def_property_readonly("elements", [](const polyget::Model &mdl) { return mdl.metadata().elements; })

@@ -177,6 +177,23 @@ Metadata parse_metadata(const std::string &json_text, const std::string &path) {
                      "; the polyget core works in eV and Angstrom (units metal): re-export the "
                      "model in eV/Angstrom");
 
+  if (root.has("per_layer_exchange")) {
+    const json::Value &pl = root.at("per_layer_exchange");
+    auto positive_int = [&](const char *key) {
+      if (pl.kind != json::Value::Kind::Object || !pl.has(key) ||
+          pl.at(key).kind != json::Value::Kind::Number || !pl.at(key).is_integer ||
+          pl.at(key).number < 0)
+        throw ModelError(path + ": metadata.json per_layer_exchange must be an object with "
+                         "integer entries num_exchanges and width; " + kExportHint);
+      return static_cast<int>(pl.at(key).number);
+    };
+    m.per_layer_exchange = true;
+    m.num_exchanges = positive_int("num_exchanges");
+    m.exchange_width = positive_int("width");
+    if (m.exchange_width < 1)
+      throw ModelError(path + ": metadata.json per_layer_exchange.width must be >= 1; " + kExportHint);
+  }
+
   if (root.has("polyget_version") && root.at("polyget_version").kind == json::Value::Kind::String)
     m.polyget_version = root.at("polyget_version").string;
   if (root.has("torch_version") && root.at("torch_version").kind == json::Value::Kind::String)
@@ -276,6 +293,25 @@ Model::Model(const std::string &path, const std::string &device, int local_rank)
                        "; " + kExportHint);
   }
 
+  if (meta_.per_layer_exchange) {
+    for (const char *name : {"edge_features", "embed", "interact", "readout"})
+      if (!module_.find_method(name))
+        throw ModelError(path + ": metadata.json says per_layer_exchange but the TorchScript "
+                         "model has no method " + name + "; " + kExportHint);
+    if (module_.hasattr("num_exchanges")) {
+      auto n = module_.attr("num_exchanges");
+      if (n.isInt() && n.toInt() != meta_.num_exchanges)
+        throw ModelError(path + ": model.num_exchanges = " + std::to_string(n.toInt()) +
+                         " but metadata.json per_layer_exchange.num_exchanges = " +
+                         std::to_string(meta_.num_exchanges) + "; " + kExportHint);
+    }
+    if (meta_.num_exchanges != meta_.num_layers && meta_.num_exchanges != meta_.num_layers + 1)
+      throw ModelError(path + ": per_layer_exchange.num_exchanges = " +
+                       std::to_string(meta_.num_exchanges) + " must be num_layers (" +
+                       std::to_string(meta_.num_layers) + ") or num_layers + 1; " + kExportHint);
+    halo_methods_ = true;
+  }
+
   module_.eval();
   for (auto p : module_.parameters()) p.requires_grad_(false);
   try {
@@ -352,19 +388,9 @@ void Model::compute(int64_t natoms, const int64_t *species, int64_t nedges, cons
   std::fill(fij_.begin(), fij_.begin() + 3 * nedges, 0.0);
   if (natoms == 0) return;
 
-  auto cpu_long = torch::TensorOptions().dtype(torch::kInt64);
   auto cpu_double = torch::TensorOptions().dtype(torch::kFloat64);
-
-  torch::Tensor sp = species_buf_.narrow(0, 0, natoms);
-  sp.copy_(torch::from_blob(const_cast<int64_t *>(species), {natoms}, cpu_long));
-  torch::Tensor ei = edge_index_buf_.narrow(0, 0, 2 * nedges).view({2, nedges});
-  torch::Tensor ev = edge_vec_buf_.narrow(0, 0, nedges);
-  if (nedges > 0) {
-    ei[0].copy_(torch::from_blob(const_cast<int64_t *>(edge_i), {nedges}, cpu_long));
-    ei[1].copy_(torch::from_blob(const_cast<int64_t *>(edge_j), {nedges}, cpu_long));
-    ev.copy_(torch::from_blob(const_cast<double *>(edge_vec), {nedges, 3}, cpu_double));
-  }
-  ev = ev.detach();
+  torch::Tensor sp, ei, ev;
+  upload(natoms, species, nedges, edge_i, edge_j, edge_vec, sp, ei, ev);
   if (want_fij) ev.requires_grad_(true);
   if (!dump_prefix_.empty()) debug_dump(sp, ei, ev, nlocal);
 
@@ -403,6 +429,193 @@ void Model::compute(int64_t natoms, const int64_t *species, int64_t nedges, cons
     std::fprintf(stderr, "polyget: call %lld natoms=%lld nlocal=%lld nedges=%lld energy=%.12g\n",
                  static_cast<long long>(ncalls_), static_cast<long long>(natoms),
                  static_cast<long long>(nlocal), static_cast<long long>(nedges), energy_);
+}
+
+void Model::upload(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
+                   const int64_t *edge_j, const double *edge_vec, torch::Tensor &sp,
+                   torch::Tensor &ei, torch::Tensor &ev) {
+  auto cpu_long = torch::TensorOptions().dtype(torch::kInt64);
+  auto cpu_double = torch::TensorOptions().dtype(torch::kFloat64);
+  sp = species_buf_.narrow(0, 0, natoms);
+  if (natoms > 0) sp.copy_(torch::from_blob(const_cast<int64_t *>(species), {natoms}, cpu_long));
+  ei = edge_index_buf_.narrow(0, 0, 2 * nedges).view({2, nedges});
+  ev = edge_vec_buf_.narrow(0, 0, nedges);
+  if (nedges > 0) {
+    ei[0].copy_(torch::from_blob(const_cast<int64_t *>(edge_i), {nedges}, cpu_long));
+    ei[1].copy_(torch::from_blob(const_cast<int64_t *>(edge_j), {nedges}, cpu_long));
+    ev.copy_(torch::from_blob(const_cast<double *>(edge_vec), {nedges, 3}, cpu_double));
+  }
+  ev = ev.detach();
+}
+
+// ---------------------------------------------------------------------------------------------
+// per-layer halo exchange
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// what one exchange autograd node needs (lives on compute_halo's stack for the whole call)
+struct ExchangeState {
+  HaloExchanger *exchanger = nullptr;
+  int64_t nlocal = 0;
+  int64_t *n_forward = nullptr;
+  int64_t *n_reverse = nullptr;
+};
+
+// Copy `ts` (each [natoms, ...], any device) to contiguous host rows [natoms, width], run the
+// exchange, copy back. `reverse`: adjoint, then zero the ghost rows. Always works on copies:
+// the inputs may be saved by autograd.
+// (On CUDA this is a device -> host -> device round trip per exchange: LAMMPS comm buffers are
+// host doubles. Never run on a GPU here.)
+torch::autograd::variable_list exchange_rows(const torch::autograd::variable_list &ts,
+                                             ExchangeState &st, bool reverse) {
+  std::vector<torch::Tensor> rows;
+  rows.reserve(ts.size());
+  for (const auto &t : ts) {
+    // [natoms, width] (flatten(1), not view(n, -1): natoms may be 0)
+    rows.push_back(t.detach().to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true)
+                       .contiguous().flatten(1));
+  }
+  if (reverse) {
+    st.exchanger->reverse(rows);
+    for (auto &r : rows) {
+      const int64_t n = r.size(0);
+      if (n > st.nlocal) r.narrow(0, st.nlocal, n - st.nlocal).zero_();
+    }
+    ++*st.n_reverse;
+  } else {
+    st.exchanger->forward(rows);
+    ++*st.n_forward;
+  }
+  torch::autograd::variable_list out;
+  out.reserve(ts.size());
+  for (size_t k = 0; k < ts.size(); ++k)
+    out.push_back(rows[k].view(ts[k].sizes()).to(ts[k].device()));
+  return out;
+}
+
+// ghost rows of (x, vec) := owners' rows; backward: ghost-row gradients added to the owners
+struct HaloExchangeFunction : public torch::autograd::Function<HaloExchangeFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext *ctx,
+                                                torch::Tensor x, torch::Tensor vec,
+                                                int64_t state) {
+    ctx->saved_data["state"] = state;
+    auto *st = reinterpret_cast<ExchangeState *>(state);
+    return exchange_rows({x, vec}, *st, false);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto *st = reinterpret_cast<ExchangeState *>(ctx->saved_data["state"].toInt());
+    // undefined gradients arrive as zeros (materialised), so every rank runs every reverse
+    // exchange: they are collective
+    auto g = exchange_rows({grads[0], grads[1]}, *st, true);
+    return {g[0], g[1], torch::Tensor()};
+  }
+};
+
+std::pair<torch::Tensor, torch::Tensor> as_pair(const torch::jit::IValue &v,
+                                                const std::string &what) {
+  if (!v.isTuple() || v.toTuple()->elements().size() != 2)
+    throw ModelError(what + " must return a tuple (x, vec), got " + v.tagKind());
+  const auto &e = v.toTuple()->elements();
+  return {e[0].toTensor(), e[1].toTensor()};
+}
+
+}  // namespace
+
+void Model::compute_halo(int64_t natoms, const int64_t *species, int64_t nedges,
+                         const int64_t *edge_i, const int64_t *edge_j, const double *edge_vec,
+                         int64_t nlocal, HaloExchanger &exchange, bool want_fij) {
+  if (!halo_methods_)
+    throw ModelError(path_ + " does not support per-layer halo exchange (no per_layer_exchange "
+                     "in metadata.json: exported by an older polyget); re-export it, or use "
+                     "pair_style polyget ... ghosts shell");
+  check_inputs(natoms, species, nedges, edge_i, edge_j, edge_vec, nlocal);
+  for (int64_t k = 0; k < nedges; ++k)
+    if (edge_i[k] >= nlocal)
+      throw ModelError("edge " + std::to_string(k) + " has centre " + std::to_string(edge_i[k]) +
+                       " >= nlocal = " + std::to_string(nlocal) + ": with per-layer exchange, "
+                       "edges start at owned atoms only");
+  ensure_capacity(natoms, nedges);
+  natoms_ = natoms;
+  nedges_ = nedges;
+  ++ncalls_;
+  energy_ = 0.0;
+  n_forward_ = n_reverse_ = 0;
+  std::fill(atom_energy_.begin(), atom_energy_.begin() + natoms, 0.0);
+  std::fill(fij_.begin(), fij_.begin() + 3 * nedges, 0.0);
+
+  auto cpu_double = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::Tensor sp, ei, ev;
+  upload(natoms, species, nedges, edge_i, edge_j, edge_vec, sp, ei, ev);
+  if (want_fij) ev.requires_grad_(true);
+  if (!dump_prefix_.empty()) debug_dump(sp, ei, ev, nlocal);
+
+  ExchangeState st;
+  st.exchanger = &exchange;
+  st.nlocal = nlocal;
+  st.n_forward = &n_forward_;
+  st.n_reverse = &n_reverse_;
+  const int64_t state = reinterpret_cast<int64_t>(&st);
+  const int nlayers = meta_.num_layers;
+
+  torch::Tensor out;
+  {
+    c10::optional<torch::NoGradGuard> no_grad;
+    if (!want_fij) no_grad.emplace();
+    torch::Tensor feats = module_.run_method("edge_features", ev).toTensor();
+    auto xv = as_pair(module_.run_method("embed", sp, ei, feats, nlocal), path_ + ": embed");
+    for (int layer = 0; layer < nlayers; ++layer) {
+      auto ex = HaloExchangeFunction::apply(xv.first, xv.second, state);
+      xv = as_pair(module_.run_method("interact", static_cast<int64_t>(layer), ex[0], ex[1], ei,
+                                      feats, nlocal),
+                   path_ + ": interact");
+    }
+    if (meta_.num_exchanges > nlayers) {
+      auto ex = HaloExchangeFunction::apply(xv.first, xv.second, state);
+      xv = {ex[0], ex[1]};
+    }
+    torch::jit::IValue r = module_.run_method("readout", sp, xv.first, xv.second, nlocal);
+    if (!r.isTensor())
+      throw ModelError(path_ + ": readout returned " + r.tagKind() + ", expected a tensor [nlocal]");
+    out = r.toTensor();
+  }
+  if (out.dim() != 1 || out.size(0) != nlocal)
+    throw ModelError(path_ + ": readout returned shape " + c10::str(out.sizes()) +
+                     ", expected per-atom energies of the owned atoms [" + std::to_string(nlocal) + "]");
+
+  if (nlocal > 0) {
+    torch::Tensor host_ae = torch::from_blob(atom_energy_.data(), {nlocal}, cpu_double);
+    host_ae.copy_(out.detach());
+  }
+  for (int64_t a = 0; a < nlocal; ++a) energy_ += atom_energy_[a];
+
+  if (want_fij) {
+    // one backward pass through all pieces and exchanges, on every rank (even one without
+    // edges or owned atoms: its reverse exchanges relay other ranks' gradients)
+    torch::Tensor e_own = out.sum();
+    if (!e_own.requires_grad())
+      throw ModelError(path_ + ": the energy does not depend on the edge vectors (no autograd "
+                       "graph); the reverse exchanges could not run");
+    auto grads = torch::autograd::grad({e_own}, {ev}, /*grad_outputs=*/{},
+                                       /*retain_graph=*/false, /*create_graph=*/false,
+                                       /*allow_unused=*/true);
+    if (grads[0].defined() && nedges > 0) {
+      torch::Tensor host_f = torch::from_blob(fij_.data(), {nedges, 3}, cpu_double);
+      host_f.copy_(grads[0]);
+    }
+    if (n_reverse_ != n_forward_)
+      throw ModelError("per-layer exchange: " + std::to_string(n_forward_) + " forward but " +
+                       std::to_string(n_reverse_) + " reverse exchanges in one evaluation (they "
+                       "must match on every rank); this is a polyget bug, please report it");
+  }
+  if (debug_)
+    std::fprintf(stderr, "polyget: call %lld (halo) natoms=%lld nlocal=%lld nedges=%lld "
+                 "exchanges=%lld+%lld energy=%.12g\n",
+                 static_cast<long long>(ncalls_), static_cast<long long>(natoms),
+                 static_cast<long long>(nlocal), static_cast<long long>(nedges),
+                 static_cast<long long>(n_forward_), static_cast<long long>(n_reverse_), energy_);
 }
 
 void Model::debug_dump(const torch::Tensor &species, const torch::Tensor &edge_index,

@@ -46,6 +46,12 @@ struct Metadata {
   std::string polyget_version;
   std::string torch_version;
   std::string json;  // the raw text
+  // per-layer halo exchange (metadata "per_layer_exchange": {"num_exchanges", "width"}): the
+  // file holds the TorchScript methods edge_features/embed/interact/readout, node features are
+  // exchanged num_exchanges times per evaluation, `exchange_width` numbers per atom each time
+  bool per_layer_exchange = false;
+  int num_exchanges = 0;
+  int exchange_width = 0;
 
   // index of `symbol` in `elements`, or -1
   int element_index(const std::string &symbol) const;
@@ -53,6 +59,21 @@ struct Metadata {
   std::string elements_string() const;
   // radius of the halo a domain needs: receptive_hops * cutoff
   double interaction_range() const { return receptive_hops * cutoff; }
+};
+
+// Fills the ghost rows of per-atom feature arrays from the atoms they copy, and sends ghost-row
+// gradients back. Rows are in engine order: owned atoms [0, nlocal), then ghosts. LAMMPS
+// implements it with comm->forward_comm / reverse_comm (pair_polyget.cpp); polyget._core with
+// an index map (ghost g copies owned row owner[g]).
+class HaloExchanger {
+ public:
+  virtual ~HaloExchanger() = default;
+  // `rows`: contiguous host tensors [natoms, width_k] of one dtype (float64 or float32).
+  // forward: every ghost row := the row of the atom it copies (relays included).
+  virtual void forward(const std::vector<torch::Tensor> &rows) = 0;
+  // reverse: the exact adjoint of forward: each owner's row += the rows of its ghost copies
+  // (the caller zeroes the ghost rows afterwards).
+  virtual void reverse(const std::vector<torch::Tensor> &rows) = 0;
 };
 
 // Parse and check metadata.json; `path` only names the file in messages.
@@ -81,6 +102,22 @@ class Model {
                const int64_t *edge_j, const double *edge_vec, int64_t nlocal,
                bool want_fij = true);
 
+  // The same on owned atoms + ghosts one cutoff wide, for files with metadata.per_layer_exchange:
+  // every edge has its centre edge_i[k] < nlocal; the model runs in pieces (embed, then
+  // exchange + interact per layer, readout on owned atoms) and `exchange` fills ghost rows
+  // between them (forward) and returns their gradients to the owners (backward, one backward
+  // pass for the whole model). Every MPI rank must call it the same number of times, even
+  // with nlocal = 0 or natoms = 0: the exchanges are collective. atom_energy() is valid for
+  // [0, nlocal).
+  void compute_halo(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
+                    const int64_t *edge_j, const double *edge_vec, int64_t nlocal,
+                    HaloExchanger &exchange, bool want_fij = true);
+  // metadata says per-layer exchange and the file has the methods it needs
+  bool supports_halo() const { return halo_methods_; }
+  // exchanges done by the last compute_halo (forward, reverse)
+  int64_t forward_exchanges() const { return n_forward_; }
+  int64_t reverse_exchanges() const { return n_reverse_; }
+
   double energy() const { return energy_; }
   const double *atom_energy() const { return atom_energy_.data(); }  // [natoms]
   const double *fij() const { return fij_.data(); }                  // [nedges * 3]
@@ -98,6 +135,9 @@ class Model {
   void check_inputs(int64_t natoms, const int64_t *species, int64_t nedges,
                     const int64_t *edge_i, const int64_t *edge_j, const double *edge_vec,
                     int64_t nlocal) const;
+  void upload(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,
+              const int64_t *edge_j, const double *edge_vec, torch::Tensor &sp, torch::Tensor &ei,
+              torch::Tensor &ev);
   void debug_dump(const torch::Tensor &species, const torch::Tensor &edge_index,
                   const torch::Tensor &edge_vec, int64_t nlocal);
 
@@ -106,6 +146,9 @@ class Model {
   torch::Device device_;
   torch::ScalarType dtype_;
   torch::jit::Module module_;
+  bool halo_methods_ = false;
+  int64_t n_forward_ = 0;
+  int64_t n_reverse_ = 0;
 
   // device-side input buffers, sized to capacity; each call uses a leading slice
   int64_t cap_atoms_ = 0;

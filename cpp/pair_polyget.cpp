@@ -1,12 +1,23 @@
 /* ----------------------------------------------------------------------
    polyget: LAMMPS pair style for exported polyget TorchScript models.
 
-   The model is a message-passing network of cutoff rc whose energies reach receptive_hops edges
-   (metadata "receptive_hops", default num_layers + 1: PolyGET's neighbour embedding is one hop
-   before the num_layers attention layers). Exact results on any number of MPI ranks ("first
-   way" of docs/DESIGN.md): every rank holds ghost atoms out to receptive_hops * rc (+ skin), runs the model on owned + ghost atoms with a full neighbour list that
-   includes the ghosts' neighbours, sums the energies of its owned atoms only, and puts
-   fij = d(E_owned)/d(r_j - r_i) on i and j; LAMMPS reverse-communicates the ghost forces.
+   The model is a message-passing network of cutoff rc: an atom's energy reaches
+   receptive_hops = num_layers + 1 cutoffs. Three ways to get exact results on any number of
+   MPI ranks (keyword `ghosts`):
+
+   exchange (default for files with metadata per_layer_exchange): ghost atoms out to rc + skin
+     only. The model runs in pieces (embed, interact per layer, readout); before every layer
+     the node features of ghost atoms are filled from their owners with comm->forward_comm,
+     and in the backward pass the gradients on ghost rows go back to the owners with
+     comm->reverse_comm (a torch autograd function in core.cpp, so one backward pass). Each
+     rank computes the rows of its own atoms only. On one rank the periodic images are the
+     ghosts and the same exchange fills them: no atom map, no folding.
+   shell: ghost atoms out to receptive_hops * rc + skin with their own neighbour lists; the
+     whole model runs on owned + ghost atoms; energies of owned atoms are summed (the "first
+     way"; exact, but the shell grows with the cube of the depth).
+   fold: one rank with an atom map; periodic images folded onto their owned originals.
+
+   Forces: fij = dE/d(r_j - r_i) on i and j; LAMMPS reverse-communicates ghost forces.
 ------------------------------------------------------------------------- */
 
 // torch headers before LAMMPS headers (LAMMPS defines short macros)
@@ -35,21 +46,101 @@ using namespace LAMMPS_NS;
 // 1 eV in kcal/mol, as in polyget.lammps.mliap (units real)
 static constexpr double EV_TO_KCAL_PER_MOL = 23.060548;
 
+namespace {
+
+// polyget::HaloExchanger over LAMMPS's ghost-atom swaps: forward_comm copies owned rows to
+// ghost rows (relays included), reverse_comm adds ghost rows into their owners (core.cpp then
+// zeroes the ghost rows). Rows are in LAMMPS atom order (owned, then ghosts), so the swap
+// lists apply as they are.
+class LammpsExchanger : public polyget::HaloExchanger {
+ public:
+  LammpsExchanger(PairPolyGET *pair, Comm *comm, int width) : pair_(pair), comm_(comm), width_(width) {}
+  void forward(const std::vector<torch::Tensor> &rows) override
+  {
+    set(rows);
+    comm_->forward_comm(pair_);
+    ++calls;
+  }
+  void reverse(const std::vector<torch::Tensor> &rows) override
+  {
+    set(rows);
+    comm_->reverse_comm(pair_);
+    ++calls;
+  }
+  int calls = 0;
+
+ private:
+  void set(const std::vector<torch::Tensor> &rows)
+  {
+    pair_->xrows.clear();
+    int width = 0;
+    for (const auto &r : rows) {
+      pair_->xrows_double = r.scalar_type() == torch::kFloat64;
+      pair_->xrows.push_back({r.data_ptr(), static_cast<int>(r.size(1))});
+      width += static_cast<int>(r.size(1));
+    }
+    // comm buffers were sized for comm_forward numbers per atom
+    if (width > width_)
+      throw polyget::ModelError("per-layer exchange of " + std::to_string(width) +
+                                " numbers per atom, but metadata per_layer_exchange.width is " +
+                                std::to_string(width_) + "; re-export the model");
+    pair_->xrows_width = width;
+  }
+  PairPolyGET *pair_;
+  Comm *comm_;
+  int width_;
+};
+
+template <typename T> int pack_rows(const std::vector<PairPolyGET::ExchangeRows> &rows, int n,
+                                    const int *list, int first, double *buf)
+{
+  int m = 0;
+  for (const auto &r : rows) {
+    const T *d = static_cast<const T *>(r.data);
+    const int w = r.width;
+    for (int k = 0; k < n; k++) {
+      const T *row = d + static_cast<int64_t>(list ? list[k] : first + k) * w;
+      for (int c = 0; c < w; c++) buf[m++] = static_cast<double>(row[c]);
+    }
+  }
+  return m;
+}
+
+template <typename T> void unpack_rows(const std::vector<PairPolyGET::ExchangeRows> &rows, int n,
+                                       const int *list, int first, const double *buf, bool add)
+{
+  int m = 0;
+  for (const auto &r : rows) {
+    T *d = static_cast<T *>(r.data);
+    const int w = r.width;
+    for (int k = 0; k < n; k++) {
+      T *row = d + static_cast<int64_t>(list ? list[k] : first + k) * w;
+      if (add)
+        for (int c = 0; c < w; c++) row[c] += static_cast<T>(buf[m++]);
+      else
+        for (int c = 0; c < w; c++) row[c] = static_cast<T>(buf[m++]);
+    }
+  }
+}
+
+}    // namespace
+
 static const char *const SYNTAX_STYLE =
     "expected: pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N] "
-    "[ghosts auto|halo|fold]";
+    "[ghosts auto|exchange|shell|fold]";
 
 /* ---------------------------------------------------------------------- */
 
 PairPolyGET::PairPolyGET(LAMMPS *lmp) :
     Pair(lmp), device_request("auto"), nthreads_request(-1), cutoff(0.0), halo(0.0),
-    energy_scale(1.0), ghost_mode(GHOSTS_AUTO), use_fold(false), map(nullptr)
+    energy_scale(1.0), ghost_mode(GHOSTS_AUTO), mode(GHOSTS_SHELL), nexchange_calls(0), map(nullptr)
 {
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
   manybody_flag = 1;
-  ghostneigh = 1;    // neighbours of ghost atoms: the model runs on the whole halo
+  ghostneigh = 0;    // set in init_style (1 for ghosts shell)
+  comm_forward = comm_reverse = 0;    // set in init_style (per-layer exchange width)
   centroidstressflag = CENTROID_NOTAVAIL;
 }
 
@@ -84,20 +175,28 @@ void PairPolyGET::compute(int eflag, int vflag)
   double **f = atom->f;
   const int nlocal = atom->nlocal;
 
-  // an empty subdomain has no energy and no forces to give
-  if (nlocal == 0) {
+  // an empty subdomain has no energy and no forces to give; with per-layer exchange it still
+  // takes part in every exchange (they are collective, and it may relay ghosts)
+  if (nlocal == 0 && mode != GHOSTS_EXCHANGE) {
     if (vflag_fdotr) virial_fdotr_compute();
     return;
   }
 
-  build_edges(use_fold);
+  build_edges(mode);
   const int64_t natoms = static_cast<int64_t>(species.size());
   const int64_t nedges = static_cast<int64_t>(edge_i.size());
 
   // run the model; exceptions here can be rank-specific, so error->one (error->all would hang)
   try {
-    model->compute(natoms, species.data(), nedges, edge_i.data(), edge_j.data(), edge_vec.data(),
-                   nlocal, true);
+    if (mode == GHOSTS_EXCHANGE) {
+      LammpsExchanger ex(this, comm, comm_forward);
+      model->compute_halo(natoms, species.data(), nedges, edge_i.data(), edge_j.data(),
+                          edge_vec.data(), nlocal, ex, true);
+      nexchange_calls = ex.calls;
+    } else {
+      model->compute(natoms, species.data(), nedges, edge_i.data(), edge_j.data(),
+                     edge_vec.data(), nlocal, true);
+    }
   } catch (std::exception &e) {
     error->one(FLERR, std::string("pair_style polyget: model evaluation failed: ") + e.what());
   }
@@ -149,26 +248,28 @@ void PairPolyGET::compute(int eflag, int vflag)
 
 /* ----------------------------------------------------------------------
    edges of the model graph, within the model cutoff, from the full neighbour list.
-   halo mode (fold = false, any number of ranks): the model runs on owned + ghost atoms, with
-   the neighbour lists of both (ghost atoms out to receptive_hops * cutoff).
-   fold mode (fold = true, one rank): the model runs on owned atoms only; a neighbour that is a
-   periodic image (ghost) is replaced by its owned original (atom map), keeping the image's
-   edge vector. -fij still goes to the ghost image (force_j), so reverse comm and the fdotr
-   virial stay right.
+   exchange: nodes = owned + ghost atoms (LAMMPS order), edges from owned atoms only; ghost
+     rows are filled by the per-layer exchange.
+   shell: nodes = owned + ghost atoms, edges from both (neighbour lists of ghosts, out to
+     receptive_hops * cutoff).
+   fold (one rank): nodes = owned atoms; a neighbour that is a periodic image (ghost) is
+     replaced by its owned original (atom map), keeping the image's edge vector. -fij still goes
+     to the ghost image (force_j), so reverse comm and the fdotr virial stay right.
 ------------------------------------------------------------------------- */
 
-void PairPolyGET::build_edges(bool fold)
+void PairPolyGET::build_edges(int how)
 {
   double **x = atom->x;
   const int *type = atom->type;
   const tagint *tag = atom->tag;
   const int nlocal = atom->nlocal;
+  const bool fold = how == GHOSTS_FOLD;
   const int nnodes = fold ? nlocal : nlocal + atom->nghost;
 
   species.resize(nnodes);
   for (int i = 0; i < nnodes; i++) species[i] = map[type[i]];
 
-  const int ncentres = fold ? list->inum : list->inum + list->gnum;
+  const int ncentres = (how == GHOSTS_SHELL) ? list->inum + list->gnum : list->inum;
   const int *ilist = list->ilist;
   const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
@@ -194,7 +295,7 @@ void PairPolyGET::build_edges(bool fold)
         jnode = atom->map(tag[j]);
         if (jnode < 0 || jnode >= nlocal)
           error->one(FLERR, "pair_style polyget (ghosts fold): ghost atom {} has no owned "
-                            "original on this rank; use 'ghosts halo'", tag[j]);
+                            "original on this rank; use 'ghosts exchange'", tag[j]);
       }
       edge_i.push_back(i);
       edge_j.push_back(jnode);
@@ -204,6 +305,39 @@ void PairPolyGET::build_edges(bool fold)
       edge_vec.push_back(dz);
     }
   }
+}
+
+/* ----------------------------------------------------------------------
+   per-layer exchange: pack/unpack the rows set by LammpsExchanger (no periodic shift: node
+   features are invariant under translation)
+------------------------------------------------------------------------- */
+
+int PairPolyGET::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  return xrows_double ? pack_rows<double>(xrows, n, list, 0, buf)
+                      : pack_rows<float>(xrows, n, list, 0, buf);
+}
+
+void PairPolyGET::unpack_forward_comm(int n, int first, double *buf)
+{
+  if (xrows_double)
+    unpack_rows<double>(xrows, n, nullptr, first, buf, false);
+  else
+    unpack_rows<float>(xrows, n, nullptr, first, buf, false);
+}
+
+int PairPolyGET::pack_reverse_comm(int n, int first, double *buf)
+{
+  return xrows_double ? pack_rows<double>(xrows, n, nullptr, first, buf)
+                      : pack_rows<float>(xrows, n, nullptr, first, buf);
+}
+
+void PairPolyGET::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  if (xrows_double)
+    unpack_rows<double>(xrows, n, list, 0, buf, true);
+  else
+    unpack_rows<float>(xrows, n, list, 0, buf, true);
 }
 
 /* ----------------------------------------------------------------------
@@ -253,13 +387,15 @@ void PairPolyGET::settings(int narg, char **arg)
         error->all(FLERR, std::string("pair_style polyget: ghosts needs a value; ") + SYNTAX_STYLE);
       if (strcmp(arg[iarg + 1], "auto") == 0)
         ghosts = GHOSTS_AUTO;
-      else if (strcmp(arg[iarg + 1], "halo") == 0)
-        ghosts = GHOSTS_HALO;
+      else if (strcmp(arg[iarg + 1], "exchange") == 0)
+        ghosts = GHOSTS_EXCHANGE;
+      else if (strcmp(arg[iarg + 1], "shell") == 0 || strcmp(arg[iarg + 1], "halo") == 0)
+        ghosts = GHOSTS_SHELL;    // "halo": this mode's name before per-layer exchange existed
       else if (strcmp(arg[iarg + 1], "fold") == 0)
         ghosts = GHOSTS_FOLD;
       else
-        error->all(FLERR, std::string("pair_style polyget: ghosts must be auto, halo or fold, not '") +
-                              arg[iarg + 1] + "'");
+        error->all(FLERR, std::string("pair_style polyget: ghosts must be auto, exchange, shell "
+                                      "or fold, not '") + arg[iarg + 1] + "'");
       iarg += 2;
     } else {
       error->all(FLERR, std::string("pair_style polyget: unknown keyword '") + arg[iarg] + "'; " +
@@ -388,23 +524,58 @@ void PairPolyGET::init_style()
                         "yours to exclude)");
   }
 
-  // one rank with an atom map: fold periodic images onto owned atoms (model on N atoms only);
-  // otherwise ghost atoms out to receptive_hops * cutoff with their own neighbour lists
+  // choose how ghost atoms are handled (see the top of this file)
+  const auto &meta = model->metadata();
   const bool have_map = atom->map_style != Atom::MAP_NONE;
+  if (ghost_mode == GHOSTS_EXCHANGE && !model->supports_halo())
+    error->all(FLERR, "pair_style polyget: ghosts exchange needs a model file exported with "
+                      "per-layer exchange (metadata per_layer_exchange); " + model_path +
+                      " was exported by an older polyget: re-export it with python/export.py, "
+                      "or use ghosts shell");
   if (ghost_mode == GHOSTS_FOLD && comm->nprocs > 1)
-    error->all(FLERR, "pair_style polyget: ghosts fold works on one MPI rank only; use ghosts halo "
-                      "(or auto) with several ranks");
+    error->all(FLERR, "pair_style polyget: ghosts fold works on one MPI rank only; use ghosts "
+                      "exchange (or auto) with several ranks");
   if (ghost_mode == GHOSTS_FOLD && !have_map)
     error->all(FLERR, "pair_style polyget: ghosts fold needs an atom map: add 'atom_modify map yes' "
                       "before read_data/create_box");
-  use_fold = (ghost_mode == GHOSTS_FOLD) ||
-      (ghost_mode == GHOSTS_AUTO && comm->nprocs == 1 && have_map);
+  if (ghost_mode == GHOSTS_AUTO)
+    mode = model->supports_halo() ? GHOSTS_EXCHANGE
+        : (comm->nprocs == 1 && have_map) ? GHOSTS_FOLD : GHOSTS_SHELL;
+  else
+    mode = ghost_mode;
 
-  if (use_fold) {
+  comm_forward = comm_reverse = 0;
+  if (mode == GHOSTS_FOLD) {
     ghostneigh = 0;
     neighbor->add_request(this, NeighConst::REQ_FULL);
     if (comm->me == 0)
-      utils::logmesg(lmp, "pair_style polyget: one rank, periodic images folded onto owned atoms\n");
+      utils::logmesg(lmp, "pair_style polyget: ghosts fold: one rank, periodic images folded "
+                          "onto owned atoms\n");
+    return;
+  }
+
+  if (mode == GHOSTS_EXCHANGE) {
+    // ghost atoms out to cutoff + skin (LAMMPS's default comm cutoff); node features of
+    // ghosts come from their owners before every layer
+    if (comm->style != Comm::BRICK && comm->style != Comm::TILED)
+      error->all(FLERR, "pair_style polyget: ghosts exchange needs comm_style brick or tiled");
+    ghostneigh = 0;
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+    comm_forward = comm_reverse = meta.exchange_width;
+    const double need = cutoff + neighbor->skin;
+    if (comm->me == 0) {
+      utils::logmesg(lmp,
+                     "pair_style polyget: ghosts exchange: ghost atoms out to {:.6g} A (cutoff "
+                     "{} + skin {}), node features exchanged {} times per step ({} numbers per "
+                     "atom)\n",
+                     need, cutoff, neighbor->skin, meta.num_exchanges, meta.exchange_width);
+      if (comm->cutghostuser > need + 1e-6)
+        utils::logmesg(lmp,
+                       "pair_style polyget: note: comm_modify cutoff {:.6g} is more than the "
+                       "{:.6g} A per-layer exchange needs; the extra ghost atoms only cost "
+                       "time and memory (remove comm_modify cutoff)\n",
+                       comm->cutghostuser, need);
+    }
     return;
   }
 
@@ -414,14 +585,14 @@ void PairPolyGET::init_style()
   // ghost atoms out to receptive_hops * cutoff (+ skin): set the comm cutoff if the user's is shorter
   const double need = halo + neighbor->skin;
   if (comm->mode != Comm::SINGLE)
-    error->all(FLERR, "pair_style polyget needs comm_modify mode single with a cutoff of at least "
-                      "{:.6g} (receptive hops x cutoff + skin); use: comm_modify mode single cutoff {:.6g}",
-               need, need);
+    error->all(FLERR, "pair_style polyget ghosts shell needs comm_modify mode single with a "
+                      "cutoff of at least {:.6g} (receptive hops x cutoff + skin); use: "
+                      "comm_modify mode single cutoff {:.6g}", need, need);
   if (comm->cutghostuser < need) {
     if (comm->me == 0)
       utils::logmesg(lmp,
-                     "pair_style polyget: communication cutoff set to {:.6g} = {} hops x {} A "
-                     "+ skin {} (ghost atoms for exact message passing across subdomains)\n",
+                     "pair_style polyget: ghosts shell: communication cutoff set to {:.6g} = {} "
+                     "hops x {} A + skin {} (ghost atoms for the whole receptive field)\n",
                      need, model->metadata().receptive_hops, cutoff, neighbor->skin);
     comm->cutghostuser = need;
   }

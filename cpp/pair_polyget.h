@@ -2,7 +2,7 @@
    polyget: LAMMPS pair style running an exported polyget TorchScript model
 
      pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N]
-                        [ghosts auto|halo|fold]
+                        [ghosts auto|exchange|shell|fold]
      pair_coeff * * <element of type 1> <element of type 2> ...
 
    Built as a plugin (cpp/pair_polyget_plugin.cpp); see README "LAMMPS".
@@ -36,9 +36,25 @@ class PairPolyGET : public Pair {
   double init_one(int, int) override;
   double memory_usage() override;
 
+  // per-layer halo exchange of node features (comm->forward_comm / reverse_comm(this))
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
+  // the arrays the current exchange moves: rows [nall, width] of one dtype (set by the
+  // exchanger in pair_polyget.cpp around each comm call)
+  struct ExchangeRows {
+    void *data;
+    int width;
+  };
+  std::vector<ExchangeRows> xrows;
+  bool xrows_double = true;
+  int xrows_width = 0;
+
  protected:
   void allocate();
-  void build_edges(bool fold);
+  void build_edges(int mode);
   [[noreturn]] void model_error_all(const std::string &where, const std::string &what);
 
   std::unique_ptr<polyget::Model> model;
@@ -47,10 +63,11 @@ class PairPolyGET : public Pair {
   int nthreads_request;    // -1: LAMMPS's own thread count (OMP_NUM_THREADS / package omp)
   double cutoff;           // model cutoff (Angstrom)
   double energy_scale;     // model eV -> LAMMPS energy unit (1 for metal, kcal/mol per eV for real)
-  double halo;             // receptive_hops * cutoff: ghost atoms needed around a subdomain
-  enum { GHOSTS_AUTO, GHOSTS_HALO, GHOSTS_FOLD };
+  double halo;             // receptive_hops * cutoff: the ghost shell of `ghosts shell`
+  enum { GHOSTS_AUTO, GHOSTS_EXCHANGE, GHOSTS_SHELL, GHOSTS_FOLD };
   int ghost_mode;          // requested
-  bool use_fold;           // chosen in init_style
+  int mode;                // chosen in init_style: GHOSTS_EXCHANGE, GHOSTS_SHELL or GHOSTS_FOLD
+  int nexchange_calls;     // forward + reverse exchanges in the last compute (for checks)
   int *map;                // LAMMPS type -> model element index
   std::vector<std::string> type_elements;    // element of each type (for messages)
 

@@ -60,9 +60,30 @@ def metadata_for(model: torch.nn.Module, dtype: str, extra: Optional[Dict[str, A
     arch = getattr(getattr(model, "config", None), "architecture", None)
     if arch:  # informative only (eager models; the checkpoint export passes it too)
         meta["architecture"] = str(arch)
+    pieces = exchange_metadata(model)
+    if pieces:
+        meta["per_layer_exchange"] = pieces
     if extra:
         meta.update(extra)
     return meta
+
+
+def exchange_metadata(model: torch.nn.Module) -> Optional[Dict[str, int]]:
+    """{"num_exchanges", "width"} for a model with the pieces API (nn/model.py), else None.
+
+    width = numbers per atom in one exchange (x and vec rows together): what engines size their
+    communication buffers with (LAMMPS comm_forward) before the first evaluation.
+    """
+    if not all(hasattr(model, a) for a in ("edge_features", "embed", "interact", "readout",
+                                           "num_exchanges")):
+        return None
+    p = next(iter(model.parameters()))
+    with torch.no_grad():
+        species = torch.zeros(1, dtype=torch.long, device=p.device)
+        edge_index = torch.zeros(2, 0, dtype=torch.long, device=p.device)
+        feats = model.edge_features(torch.zeros(0, 3, dtype=p.dtype, device=p.device))
+        x, vec = model.embed(species, edge_index, feats, 1)
+    return {"num_exchanges": int(model.num_exchanges), "width": int(x[0].numel() + vec[0].numel())}
 
 
 def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "float64",
