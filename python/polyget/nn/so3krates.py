@@ -19,10 +19,14 @@ no [N, F, M] equivariant features. One layer (a "Euclidean transformer block") i
 * a residual MLP, the interaction (exchange) block ``[dx, c] = W [x, ||ev||_l]``,
   ``x += dx``, ``ev^l += c^l ev^l``, and a second residual MLP.
 
-The per-atom energy is an MLP of the final ``x``. Every message is multiplied by the cosine
-cutoff C(r) (value and slope zero at r_c), so energies and forces are continuous when a neighbour
-crosses the cutoff. An atom's energy depends on atoms up to ``num_layers`` edges away
-(``receptive_hops = num_layers``): the embedding is element-only, each layer is one hop.
+``x`` starts as an element embedding and ``ev`` as the neighbourhood embedding
+``ev_i = sum_j C(r_ij) Y(r_ij / r_ij) / (1 + sum_j C(r_ij))`` (the SPHC initialisation of the
+original SO3krates, here with a smooth density normalisation; the sparse ``mlff`` code also
+offers zeros). The per-atom energy is an MLP of the final ``x``. Every
+message is multiplied by the cosine cutoff C(r) (value and slope zero at r_c), so energies and
+forces are continuous when a neighbour crosses the cutoff. An atom's energy depends on atoms up
+to ``num_layers + 1`` edges away (``receptive_hops``: the EV embedding is one hop, each layer
+one more), as for the ET.
 """
 
 import math
@@ -220,8 +224,8 @@ class SO3krates(nn.Module):
         self.cutoff: float = float(config.cutoff)
         self.num_layers: int = int(config.num_layers)
         self.max_degree: int = int(config.max_degree)
-        # element-only embedding, then one hop per layer
-        self.receptive_hops: int = int(config.num_layers)
+        # the EV embedding is one message-passing hop, then one per layer
+        self.receptive_hops: int = int(config.num_layers) + 1
         # per-layer halo exchange (embed/interact/readout): (x, ev) exchanged before every layer
         self.num_exchanges: int = int(config.num_layers)
         self.num_rbf: int = int(config.num_rbf)
@@ -279,10 +283,17 @@ class SO3krates(nn.Module):
     @torch.jit.export
     def embed(self, species: Tensor, edge_index: Tensor, feats: Tensor, n_local: int
               ) -> Tuple[Tensor, Tensor]:
-        """Element embedding x [N, F] and zero Euclidean variables ev [N, M] (no message passing)."""
+        """Element embedding x [N, F] and the neighbourhood embedding of the Euclidean variables
+        ev_i = sum_j C(r_ij) Y(r_ij / r_ij) / (1 + sum_j C(r_ij)) [N, M] (one message-passing hop;
+        the smooth normalisation keeps |ev_i^l| < 1 whatever the density)."""
+        _, cut, ylm = self._unpack(feats)
         x = self.embedding(species)
-        ev = torch.zeros(x.shape[0], self.deg.shape[0], dtype=x.dtype, device=x.device)
-        return self._owned_rows(x, n_local), ev
+        n = x.shape[0]
+        i = edge_index[0]
+        ev = torch.zeros(n, ylm.shape[1], dtype=x.dtype, device=x.device).index_add_(0, i, cut.unsqueeze(-1) * ylm)
+        weight = torch.ones(n, dtype=x.dtype, device=x.device).index_add_(0, i, cut)
+        ev = ev / weight.unsqueeze(-1)
+        return self._owned_rows(x, n_local), self._owned_rows(ev, n_local)
 
     @torch.jit.export
     def interact(self, layer: int, x: Tensor, ev: Tensor, edge_index: Tensor, feats: Tensor,
