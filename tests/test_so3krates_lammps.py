@@ -53,7 +53,7 @@ def periodic():
 
 
 def melt():
-    return read(str(REPO / "inputs" / "melt_lac2.data"), format="lammps-data", style="atomic",
+    return read(str(REPO / "inputs" / "melt_lac2.data"), format="lammps-data", atom_style="atomic",
                 Z_of_type={1: 1, 2: 6, 3: 8}, units="metal")
 
 
@@ -148,3 +148,8 @@ def test_pair_polyget_matches_ase(polyget_melt, ghosts, n):
     res = polyget_melt[ghosts, n]
     close(res, ref, energies_key="atom_energies")
     np.testing.assert_allclose(res["stress"], ref["stress"], atol=1e-9, rtol=0)
+    log = polyget_melt[ghosts, n, "log"]
+    if ghosts == "shell":
+        assert "3 hops x 4 A" in log
+    else:  # auto picks the per-layer exchange for a file with pieces: (x, ev) rows of 32 + 15
+        assert "ghosts exchange" in log and "exchanged 2 times per step (47 numbers per atom)" in log
