@@ -115,9 +115,11 @@ def main(argv=None):
         if not pt.is_file() or not jit.is_file():
             raise SystemExit(f"bench: {pt} / {jit} missing: export a model or use --random")
         model_desc = {"random": False, "path": str(pt)}
-    meta = json.loads(_metadata(jit))
-    hops = int(meta.get("receptive_hops", meta["num_layers"] + 1))
-    ghostcut = hops * meta["cutoff"] + 2.0  # the deck's skin is 2.0
+    from polyget import contract
+
+    meta = contract.read_metadata(jit)
+    hops = int(meta["receptive_hops"])
+    ghostcut = contract.halo_cutoff(hops, meta["cutoff"], 2.0)  # the deck's skin is 2.0
     model_desc.update({k: meta[k] for k in ("elements", "cutoff", "num_layers", "dtype")})
     model_desc["receptive_hops"] = hops
 
@@ -169,14 +171,6 @@ def main(argv=None):
     (out / "native.md").write_text(md)
     print(md)
     return 0
-
-
-def _metadata(jit: Path) -> str:
-    import zipfile
-
-    with zipfile.ZipFile(jit) as z:
-        name = next(n for n in z.namelist() if n.endswith("extra/metadata.json"))
-        return z.read(name).decode()
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         model = Path(args.model) if args.model else export_fresh(
             Path(tmp) / "bench.pt", args.layers, args.hidden, args.cutoff, args.dtype)
         meta = read_metadata(str(model))
-        hops = meta.get("receptive_hops", meta["num_layers"] + 1)
+        hops = meta["receptive_hops"]
         ghostcut = hops * meta["cutoff"] + 2.0 + 0.01
         rows = [run(model, n, args.steps, args.threads, ghostcut) for n in args.ranks]
     result = {

@@ -92,6 +92,30 @@ py::tuple compute_halo(polyget::Model &model, I64Array species, I64Array edge_in
   return py::make_tuple(model.energy(), ae, fij);
 }
 
+// the contract metadata as the same dict polyget.contract.read_metadata returns (contract keys)
+py::dict metadata_dict(const polyget::Metadata &m) {
+  py::dict d;
+  d["format"] = m.format;
+  d["format_version"] = m.format_version;
+  d["elements"] = m.elements;
+  d["cutoff"] = m.cutoff;
+  d["num_layers"] = m.num_layers;
+  d["receptive_hops"] = m.receptive_hops;
+  d["dtype"] = m.dtype;
+  py::dict units;
+  units["energy"] = m.energy_unit;
+  units["length"] = m.length_unit;
+  d["units"] = units;
+  d["min_distance"] = m.min_distance;
+  d["polyget_version"] = m.polyget_version;
+  d["torch_version"] = m.torch_version;
+  if (m.per_layer_exchange()) {  // optional records
+    d["num_exchanges"] = m.num_exchanges;
+    d["exchange_width"] = m.exchange_width;
+  }
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -101,6 +125,36 @@ PYBIND11_MODULE(_core, m) {
   m.attr("TORCH_VERSION") = TORCH_VERSION;
 
   py::register_exception<polyget::ModelError>(m, "ModelError", PyExc_ValueError);
+
+  // the engine contract as C++ reads it (cpp/contract.h), for tests/test_contract.py
+  m.attr("EV_TO_KCAL_PER_MOL") = polyget::kEvToKcalPerMol;
+  m.attr("DEFAULT_MIN_DISTANCE") = polyget::kDefaultMinDistance;
+  m.attr("RECORD_PREFIX") = polyget::kRecordPrefix;
+  m.attr("METADATA_KEYS") = polyget::metadata_keys();
+  m.attr("SPECIAL_BONDS_MESSAGE") = polyget::special_bonds_message();
+  m.attr("MLIAP_MIN_DISTANCE_OVERRIDE") = polyget::kMliapMinDistanceOverride;
+  m.attr("PAIR_MIN_DISTANCE_OVERRIDE") = polyget::kPairMinDistanceOverride;
+  m.def("read_metadata", [](const std::string &path) {
+    return metadata_dict(polyget::read_metadata(path));
+  }, py::arg("path"), "contract metadata of NAME.jit.pt, read by the C++ core");
+  m.def("read_records", &polyget::read_records, py::arg("path"));
+  m.def("lammps_energy_factor", &polyget::lammps_energy_factor, py::arg("unit_style"));
+  m.def("units_message", &polyget::units_message);
+  m.def("halo_cutoff", &polyget::halo_cutoff);
+  m.def("comm_cutoff_suggestion", &polyget::comm_cutoff_suggestion);
+  m.def("gpu_for_rank", &polyget::gpu_for_rank);
+  m.def("special_bonds_drop_pairs", [](int64_t nbonds, std::vector<double> lj,
+                                       std::vector<double> coul) {
+    if (lj.size() < 4 || coul.size() < 4) throw polyget::ModelError("need 4 factors each");
+    return polyget::special_bonds_drop_pairs(nbonds, lj.data(), coul.data());
+  });
+  m.def("min_distance_message", &polyget::min_distance_message);
+  m.def("check_elements_for_types", [](int ntypes, std::vector<std::string> given,
+                                       std::vector<std::string> elements) {
+    polyget::Metadata meta;
+    meta.elements = elements;
+    return polyget::check_elements_for_types(ntypes, given, meta);
+  });
 
   m.def("cuda_available", []() { return polyget::choose_device("auto").is_cuda(); },
         "True when this build's libtorch has CUDA and a GPU is visible");
@@ -135,7 +189,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("num_layers", [](const polyget::Model &mdl) { return mdl.metadata().num_layers; })
       .def_property_readonly("receptive_hops", [](const polyget::Model &mdl) { return mdl.metadata().receptive_hops; })
       .def_property_readonly("dtype", [](const polyget::Model &mdl) { return mdl.metadata().dtype; })
-      .def_property_readonly("metadata_json", [](const polyget::Model &mdl) { return mdl.metadata().json; })
+      .def_property_readonly("metadata", [](const polyget::Model &mdl) { return metadata_dict(mdl.metadata()); })
+      .def_property_readonly("min_distance", [](const polyget::Model &mdl) { return mdl.metadata().min_distance; })
       .def_property_readonly("num_allocations", &polyget::Model::num_allocations)
       .def_property_readonly("atom_capacity", &polyget::Model::atom_capacity)
       .def_property_readonly("edge_capacity", &polyget::Model::edge_capacity);

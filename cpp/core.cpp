@@ -1,8 +1,6 @@
 // polyget C++ core: see core.h.
 #include "core.h"
 
-#include "json_min.h"
-
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
@@ -16,12 +14,11 @@
 #include <iostream>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 namespace polyget {
 
 namespace {
-
-const char *kExportHint = "re-export it with this polyget: python/export.py CKPT -o NAME.pt";
 
 bool file_readable(const std::string &path) {
   std::ifstream f(path, std::ios::binary);
@@ -49,6 +46,11 @@ std::string first_line(const std::string &s) {
 // TorchScript). torch.save() pickles (the ML-IAP NAME.pt) are zip archives with data.pkl and no
 // constants.pkl / code/.
 std::string classify_non_torchscript(const std::string &path) {
+  {
+    std::ifstream f(path, std::ios::binary | std::ios::ate);
+    if (f.good() && f.tellg() == 0)
+      return "empty (0 bytes: an interrupted copy or export?), not a TorchScript model";
+  }
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
     if (reader.hasRecord("constants.pkl")) return "";
@@ -66,139 +68,38 @@ int64_t grow(int64_t need) { return std::max<int64_t>(16, need + need / 4); }
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// metadata
+// metadata records (contract.h parses them)
 // ---------------------------------------------------------------------------------------------
 
-int Metadata::element_index(const std::string &symbol) const {
-  for (size_t k = 0; k < elements.size(); ++k)
-    if (elements[k] == symbol) return static_cast<int>(k);
-  return -1;
-}
-
-std::string Metadata::elements_string() const {
-  std::string out;
-  for (size_t k = 0; k < elements.size(); ++k) out += (k ? " " : "") + elements[k];
+std::map<std::string, std::string> read_records(const std::string &path) {
+  std::map<std::string, std::string> out;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    const std::string pre = "extra/";
+    for (const auto &name : reader.getAllRecords()) {
+      if (name.compare(0, pre.size(), pre) != 0) continue;
+      at::DataPtr data;
+      size_t size = 0;
+      std::tie(data, size) = reader.getRecord(name);
+      out[name.substr(pre.size())] = std::string(static_cast<const char *>(data.get()), size);
+    }
+  } catch (const std::exception &e) {
+    throw ModelError("'" + path + "' is not a PyTorch/TorchScript file (" + first_line(e.what()) +
+                     "); expected NAME.jit.pt written by python/export.py");
+  }
   return out;
 }
 
-Metadata parse_metadata(const std::string &json_text, const std::string &path) {
-  json::Value root;
-  try {
-    root = json::parse(json_text);
-  } catch (const std::exception &e) {
-    throw ModelError(path + ": metadata.json is not valid JSON (" + e.what() + "); " + kExportHint);
-  }
-  if (root.kind != json::Value::Kind::Object)
-    throw ModelError(path + ": metadata.json must hold a JSON object; " + kExportHint);
-
-  auto need = [&](const char *key, json::Value::Kind kind) -> const json::Value & {
-    if (!root.has(key))
-      throw ModelError(path + ": metadata.json has no \"" + key + "\" entry; " + kExportHint);
-    const json::Value &v = root.at(key);
-    if (v.kind != kind)
-      throw ModelError(path + ": metadata.json \"" + key + "\" should be " +
-                       json::Value::kind_name(kind) + ", found " + json::Value::kind_name(v.kind) +
-                       "; " + kExportHint);
-    return v;
-  };
-
-  Metadata m;
-  m.json = json_text;
-  m.format = need("format", json::Value::Kind::String).string;
-  if (m.format != kTorchScriptFormat)
-    throw ModelError(path + ": metadata.json format is \"" + m.format + "\", expected \"" +
-                     kTorchScriptFormat + "\"; pair_style polyget reads the NAME.jit.pt file "
-                     "written by python/export.py");
-
-  const json::Value &ver = need("format_version", json::Value::Kind::Number);
-  if (!ver.is_integer)
-    throw ModelError(path + ": metadata.json format_version must be an integer; " + kExportHint);
-  m.format_version = static_cast<int>(ver.number);
-  if (m.format_version != kTorchScriptFormatVersion) {
-    std::ostringstream msg;
-    msg << path << " was exported with format_version " << m.format_version
-        << "; this polyget reads format_version " << kTorchScriptFormatVersion << ": ";
-    if (m.format_version < kTorchScriptFormatVersion)
-      msg << "re-run python/export.py on the checkpoint with this polyget";
-    else
-      msg << "the file is newer than this build; update polyget (and rebuild the native "
-             "module/plugin with scripts/build_native.sh) or export with the older polyget";
-    throw ModelError(msg.str());
-  }
-
-  const json::Value &els = need("elements", json::Value::Kind::Array);
-  if (els.array.empty())
-    throw ModelError(path + ": metadata.json \"elements\" is empty; " + kExportHint);
-  std::set<std::string> seen;
-  for (const auto &e : els.array) {
-    if (e.kind != json::Value::Kind::String || e.string.empty())
-      throw ModelError(path + ": metadata.json \"elements\" must be a list of element symbols; " +
-                       kExportHint);
-    if (!seen.insert(e.string).second)
-      throw ModelError(path + ": element " + e.string + " appears twice in metadata.json; " +
-                       kExportHint);
-    m.elements.push_back(e.string);
-  }
-
-  m.cutoff = need("cutoff", json::Value::Kind::Number).number;
-  if (!(m.cutoff > 0.0) || !std::isfinite(m.cutoff))
-    throw ModelError(path + ": metadata.json cutoff must be a positive number of Angstrom, found " +
-                     std::to_string(m.cutoff) + "; " + kExportHint);
-
-  const json::Value &nl = need("num_layers", json::Value::Kind::Number);
-  if (!nl.is_integer || nl.number < 1)
-    throw ModelError(path + ": metadata.json num_layers must be an integer >= 1; " + kExportHint);
-  m.num_layers = static_cast<int>(nl.number);
-  m.receptive_hops = m.num_layers + 1;
-  if (root.has("receptive_hops")) {
-    const json::Value &rh = root.at("receptive_hops");
-    if (rh.kind != json::Value::Kind::Number || !rh.is_integer || rh.number < 1)
-      throw ModelError(path + ": metadata.json receptive_hops must be an integer >= 1; " +
-                       kExportHint);
-    m.receptive_hops = static_cast<int>(rh.number);
-  }
-
-  m.dtype = need("dtype", json::Value::Kind::String).string;
-  if (m.dtype != "float64" && m.dtype != "float32")
-    throw ModelError(path + ": metadata.json dtype is \"" + m.dtype +
-                     "\", expected \"float64\" or \"float32\"; " + kExportHint);
-
-  const json::Value &units = need("units", json::Value::Kind::Object);
-  auto unit = [&](const char *key) {
-    if (!units.has(key) || units.at(key).kind != json::Value::Kind::String)
-      throw ModelError(path + ": metadata.json units has no \"" + key + "\" string; " + kExportHint);
-    return units.at(key).string;
-  };
-  m.energy_unit = unit("energy");
-  m.length_unit = unit("length");
-  if (m.energy_unit != "eV" || m.length_unit != "Angstrom")
-    throw ModelError(path + ": model units are energy=" + m.energy_unit +
-                     ", length=" + m.length_unit +
-                     "; the polyget core works in eV and Angstrom (units metal): re-export the "
-                     "model in eV/Angstrom");
-
-  if (root.has("per_layer_exchange")) {
-    const json::Value &pl = root.at("per_layer_exchange");
-    auto positive_int = [&](const char *key) {
-      if (pl.kind != json::Value::Kind::Object || !pl.has(key) ||
-          pl.at(key).kind != json::Value::Kind::Number || !pl.at(key).is_integer ||
-          pl.at(key).number < 0)
-        throw ModelError(path + ": metadata.json per_layer_exchange must be an object with "
-                         "integer entries num_exchanges and width; " + kExportHint);
-      return static_cast<int>(pl.at(key).number);
-    };
-    m.per_layer_exchange = true;
-    m.num_exchanges = positive_int("num_exchanges");
-    m.exchange_width = positive_int("width");
-    if (m.exchange_width < 1)
-      throw ModelError(path + ": metadata.json per_layer_exchange.width must be >= 1; " + kExportHint);
-  }
-
-  if (root.has("polyget_version") && root.at("polyget_version").kind == json::Value::Kind::String)
-    m.polyget_version = root.at("polyget_version").string;
-  if (root.has("torch_version") && root.at("torch_version").kind == json::Value::Kind::String)
-    m.torch_version = root.at("torch_version").string;
-  return m;
+Metadata read_metadata(const std::string &path) {
+  if (!file_readable(path))
+    throw ModelError("cannot open model file '" + path +
+                     "': no such file or not readable (expected NAME.jit.pt written by "
+                     "python/export.py)");
+  const std::string what = classify_non_torchscript(path);
+  if (!what.empty())
+    throw ModelError("'" + path + "' is " + what + ". pair_style polyget / polyget._core need "
+                     "NAME.jit.pt written by python/export.py" + jit_sibling_hint(path));
+  return parse_records(read_records(path), path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,7 +111,7 @@ torch::Device choose_device(const std::string &request, int local_rank) {
   const bool cuda_ok = built_with_cuda && torch::cuda::is_available();
   const int ngpu = cuda_ok ? static_cast<int>(torch::cuda::device_count()) : 0;
   auto by_rank = [&]() {
-    int idx = local_rank >= 0 ? local_rank % ngpu : 0;
+    int idx = gpu_for_rank(local_rank, ngpu);
     return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(idx));
   };
 
@@ -244,31 +145,17 @@ torch::Device choose_device(const std::string &request, int local_rank) {
 
 Model::Model(const std::string &path, const std::string &device, int local_rank)
     : path_(path), device_(torch::kCPU), dtype_(torch::kFloat64) {
-  if (!file_readable(path))
-    throw ModelError("cannot open model file '" + path +
-                     "': no such file or not readable (expected NAME.jit.pt written by "
-                     "python/export.py)");
-
   device_ = choose_device(device, local_rank);
 
-  torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
-  const std::string what = classify_non_torchscript(path);
-  if (!what.empty())
-    throw ModelError("'" + path + "' is " + what + ". pair_style polyget / polyget._core need "
-                     "NAME.jit.pt written by python/export.py" + jit_sibling_hint(path));
+  meta_ = read_metadata(path);
   try {
-    module_ = torch::jit::load(path, torch::Device(torch::kCPU), extra);
+    module_ = torch::jit::load(path, torch::Device(torch::kCPU));
   } catch (const std::exception &e) {
     throw ModelError("'" + path + "' is not a TorchScript file (" + first_line(e.what()) +
                      "). pair_style polyget / polyget._core need NAME.jit.pt written by "
                      "python/export.py; the ML-IAP pickle NAME.pt is for pair_style mliap "
                      "unified" + jit_sibling_hint(path));
   }
-  if (extra["metadata.json"].empty())
-    throw ModelError("'" + path + "' is a TorchScript file without polyget metadata.json, so it "
-                     "is not a polyget export; write it with python/export.py" +
-                     jit_sibling_hint(path));
-  meta_ = parse_metadata(extra["metadata.json"], path);
   dtype_ = meta_.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
 
   // the TorchScript attributes, when present, must agree with the metadata
@@ -276,39 +163,42 @@ Model::Model(const std::string &path, const std::string &device, int local_rank)
     auto c = module_.attr("cutoff");
     if (c.isDouble() && std::abs(c.toDouble() - meta_.cutoff) > 1e-12 * std::max(1.0, meta_.cutoff))
       throw ModelError(path + ": model.cutoff = " + std::to_string(c.toDouble()) +
-                       " but metadata.json cutoff = " + std::to_string(meta_.cutoff) + "; " +
+                       " but metadata cutoff = " + std::to_string(meta_.cutoff) + "; " +
                        kExportHint);
   }
   if (module_.hasattr("num_layers")) {
     auto n = module_.attr("num_layers");
     if (n.isInt() && n.toInt() != meta_.num_layers)
       throw ModelError(path + ": model.num_layers = " + std::to_string(n.toInt()) +
-                       " but metadata.json num_layers = " + std::to_string(meta_.num_layers) +
+                       " but metadata num_layers = " + std::to_string(meta_.num_layers) +
+                       "; " + kExportHint);
+  }
+  if (module_.hasattr("receptive_hops")) {
+    auto n = module_.attr("receptive_hops");
+    if (n.isInt() && n.toInt() != meta_.receptive_hops)
+      throw ModelError(path + ": model.receptive_hops = " + std::to_string(n.toInt()) +
+                       " but metadata receptive_hops = " + std::to_string(meta_.receptive_hops) +
                        "; " + kExportHint);
   }
   for (const auto &p : module_.parameters()) {
     if (p.is_floating_point() && p.scalar_type() != dtype_)
-      throw ModelError(path + ": metadata.json says dtype " + meta_.dtype +
+      throw ModelError(path + ": metadata says dtype " + meta_.dtype +
                        " but the model's parameters are " + std::string(c10::toString(p.scalar_type())) +
                        "; " + kExportHint);
   }
 
-  if (meta_.per_layer_exchange) {
+  if (meta_.per_layer_exchange()) {
     for (const char *name : {"edge_features", "embed", "interact", "readout"})
       if (!module_.find_method(name))
-        throw ModelError(path + ": metadata.json says per_layer_exchange but the TorchScript "
-                         "model has no method " + name + "; " + kExportHint);
+        throw ModelError(path + ": the metadata says per-layer exchange (num_exchanges) but the "
+                         "TorchScript model has no method " + name + "; " + kExportHint);
     if (module_.hasattr("num_exchanges")) {
       auto n = module_.attr("num_exchanges");
       if (n.isInt() && n.toInt() != meta_.num_exchanges)
         throw ModelError(path + ": model.num_exchanges = " + std::to_string(n.toInt()) +
-                         " but metadata.json per_layer_exchange.num_exchanges = " +
-                         std::to_string(meta_.num_exchanges) + "; " + kExportHint);
+                         " but metadata num_exchanges = " + std::to_string(meta_.num_exchanges) +
+                         "; " + kExportHint);
     }
-    if (meta_.num_exchanges != meta_.num_layers && meta_.num_exchanges != meta_.num_layers + 1)
-      throw ModelError(path + ": per_layer_exchange.num_exchanges = " +
-                       std::to_string(meta_.num_exchanges) + " must be num_layers (" +
-                       std::to_string(meta_.num_layers) + ") or num_layers + 1; " + kExportHint);
     halo_methods_ = true;
   }
 
@@ -528,8 +418,8 @@ void Model::compute_halo(int64_t natoms, const int64_t *species, int64_t nedges,
                          const int64_t *edge_i, const int64_t *edge_j, const double *edge_vec,
                          int64_t nlocal, HaloExchanger &exchange, bool want_fij) {
   if (!halo_methods_)
-    throw ModelError(path_ + " does not support per-layer halo exchange (no per_layer_exchange "
-                     "in metadata.json: exported by an older polyget); re-export it, or use "
+    throw ModelError(path_ + " does not support per-layer halo exchange (no num_exchanges "
+                     "metadata: exported by an older polyget); re-export it, or use "
                      "pair_style polyget ... ghosts shell");
   check_inputs(natoms, species, nedges, edge_i, edge_j, edge_vec, nlocal);
   for (int64_t k = 0; k < nedges; ++k)

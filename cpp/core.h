@@ -8,63 +8,26 @@
 // the virial (-sum edge_vec (x) fij).
 #pragma once
 
+#include "contract.h"
+
 #include <torch/script.h>
 
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace polyget {
 
-// The TorchScript format this core reads (metadata.json "format" / "format_version").
-constexpr const char *kTorchScriptFormat = "polyget-torchscript";
-constexpr int kTorchScriptFormatVersion = 1;
-
-// Every problem with a model file or with the inputs: the message says what was expected, what
-// was found, and what to do.
-class ModelError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// Contents of metadata.json, validated.
-struct Metadata {
-  std::string format;
-  int format_version = 0;
-  std::vector<std::string> elements;
-  double cutoff = 0.0;
-  int num_layers = 0;
-  // how many cutoff radii an atom's energy reaches: metadata "receptive_hops" when present, else
-  // num_layers + 1 (PolyGET's neighbour embedding is one more message-passing step before the
-  // num_layers attention layers: checked numerically, an atom's energy depends on atoms
-  // num_layers + 1 edges away)
-  int receptive_hops = 0;
-  std::string dtype;  // "float64" or "float32"
-  std::string energy_unit;
-  std::string length_unit;
-  std::string polyget_version;
-  std::string torch_version;
-  std::string json;  // the raw text
-  // per-layer halo exchange (metadata "per_layer_exchange": {"num_exchanges", "width"}): the
-  // file holds the TorchScript methods edge_features/embed/interact/readout, node features are
-  // exchanged num_exchanges times per evaluation, `exchange_width` numbers per atom each time
-  bool per_layer_exchange = false;
-  int num_exchanges = 0;
-  int exchange_width = 0;
-
-  // index of `symbol` in `elements`, or -1
-  int element_index(const std::string &symbol) const;
-  // "H C O"
-  std::string elements_string() const;
-  // radius of the halo a domain needs: receptive_hops * cutoff
-  double interaction_range() const { return receptive_hops * cutoff; }
-};
+// Flat metadata records of a TorchScript archive ("extra/<name>" -> text), without loading
+// the model. Throws ModelError when the file cannot be read as a PyTorch archive.
+std::map<std::string, std::string> read_records(const std::string &path);
 
 // Fills the ghost rows of per-atom feature arrays from the atoms they copy, and sends ghost-row
 // gradients back. Rows are in engine order: owned atoms [0, nlocal), then ghosts. LAMMPS
 // implements it with comm->forward_comm / reverse_comm (pair_polyget.cpp); polyget._core with
-// an index map (ghost g copies owned row owner[g]).
+// an index map (ghost g copies row owner[g]).
 class HaloExchanger {
  public:
   virtual ~HaloExchanger() = default;
@@ -76,8 +39,9 @@ class HaloExchanger {
   virtual void reverse(const std::vector<torch::Tensor> &rows) = 0;
 };
 
-// Parse and check metadata.json; `path` only names the file in messages.
-Metadata parse_metadata(const std::string &json_text, const std::string &path);
+// The contract metadata of an exported NAME.jit.pt (records parsed by contract.h), with a
+// message naming what the file is when it is not one.
+Metadata read_metadata(const std::string &path);
 
 // Device selection. `request`: "auto" (CUDA when this libtorch has it and a GPU is visible,
 // else CPU), "cpu", "cuda" (GPU local_rank mod GPU count) or "cuda:N". `local_rank` is the
@@ -89,6 +53,8 @@ class Model {
   Model(const std::string &path, const std::string &device = "auto", int local_rank = -1);
 
   const Metadata &metadata() const { return meta_; }
+  // halo a domain needs around it (contract rule, without the skin)
+  double interaction_range() const { return halo_cutoff(meta_.receptive_hops, meta_.cutoff, 0.0); }
   const torch::Device &device() const { return device_; }
   std::string device_string() const { return device_.str(); }
   const std::string &path() const { return path_; }

@@ -14,7 +14,8 @@
      ghosts and the same exchange fills them: no atom map, no folding.
    shell: ghost atoms out to receptive_hops * rc + skin with their own neighbour lists; the
      whole model runs on owned + ghost atoms; energies of owned atoms are summed (the "first
-     way"; exact, but the shell grows with the cube of the depth).
+     way"; exact, but the shell grows with the cube of the depth; the rule lives in
+     cpp/contract.h).
    fold: one rank with an atom map; periodic images folded onto their owned originals.
 
    Forces: fij = dE/d(r_j - r_i) on i and j; LAMMPS reverse-communicates ghost forces.
@@ -37,14 +38,16 @@
 #include "neighbor.h"
 #include "update.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <sys/resource.h>
 
 using namespace LAMMPS_NS;
-
-// 1 eV in kcal/mol, as in polyget.lammps.mliap (units real)
-static constexpr double EV_TO_KCAL_PER_MOL = 23.060548;
 
 namespace {
 
@@ -82,7 +85,7 @@ class LammpsExchanger : public polyget::HaloExchanger {
     // comm buffers were sized for comm_forward numbers per atom
     if (width > width_)
       throw polyget::ModelError("per-layer exchange of " + std::to_string(width) +
-                                " numbers per atom, but metadata per_layer_exchange.width is " +
+                                " numbers per atom, but metadata exchange_width is " +
                                 std::to_string(width_) + "; re-export the model");
     pair_->xrows_width = width;
   }
@@ -127,14 +130,18 @@ template <typename T> void unpack_rows(const std::vector<PairPolyGET::ExchangeRo
 
 static const char *const SYNTAX_STYLE =
     "expected: pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N] "
-    "[ghosts auto|exchange|shell|fold]";
+    "[ghosts auto|exchange|shell|fold] [min_distance A]";
 
 /* ---------------------------------------------------------------------- */
 
 PairPolyGET::PairPolyGET(LAMMPS *lmp) :
-    Pair(lmp), device_request("auto"), nthreads_request(-1), cutoff(0.0), halo(0.0),
-    energy_scale(1.0), ghost_mode(GHOSTS_AUTO), mode(GHOSTS_SHELL), nexchange_calls(0), map(nullptr)
+    Pair(lmp), device_request("auto"), nthreads_request(-1), cutoff(0.0), energy_scale(1.0),
+    halo(0.0), min_distance(-1.0), min_distance_request(-1.0), ghost_mode(GHOSTS_AUTO),
+    mode(GHOSTS_SHELL), nexchange_calls(0), stats(false), stat_calls(0), stat_max_nlocal(0),
+    stat_max_nghost(0), stat_max_edges(0), stat_model_s(0.0), map(nullptr)
 {
+  const char *st = std::getenv("POLYGET_STATS");
+  stats = st && std::string(st) != "0" && std::string(st) != "";
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
@@ -149,6 +156,17 @@ PairPolyGET::PairPolyGET(LAMMPS *lmp) :
 PairPolyGET::~PairPolyGET()
 {
   if (copymode) return;
+  if (stats && stat_calls > 0) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    static const char *names[] = {"auto", "exchange", "shell", "fold"};
+    std::fprintf(stderr,
+                 "polyget stats: rank %d mode %s calls %lld max_nlocal %lld max_nghost %lld "
+                 "max_edges %lld model_s %.6f peak_rss_mb %.1f\n",
+                 comm->me, names[mode], stat_calls, stat_max_nlocal, stat_max_nghost,
+                 stat_max_edges, stat_model_s, ru.ru_maxrss / 1024.0);
+    std::fflush(stderr);
+  }
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -182,11 +200,13 @@ void PairPolyGET::compute(int eflag, int vflag)
     return;
   }
 
+  check_min_distance();
   build_edges(mode);
   const int64_t natoms = static_cast<int64_t>(species.size());
   const int64_t nedges = static_cast<int64_t>(edge_i.size());
 
   // run the model; exceptions here can be rank-specific, so error->one (error->all would hang)
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     if (mode == GHOSTS_EXCHANGE) {
       LammpsExchanger ex(this, comm, comm_forward);
@@ -199,6 +219,13 @@ void PairPolyGET::compute(int eflag, int vflag)
     }
   } catch (std::exception &e) {
     error->one(FLERR, std::string("pair_style polyget: model evaluation failed: ") + e.what());
+  }
+  if (stats) {
+    stat_model_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++stat_calls;
+    stat_max_nlocal = std::max<long long>(stat_max_nlocal, nlocal);
+    stat_max_nghost = std::max<long long>(stat_max_nghost, natoms - nlocal);
+    stat_max_edges = std::max<long long>(stat_max_edges, nedges);
   }
 
   // forces: F_i += fij, F_j -= fij  (fij = dE/d(r_j - r_i)); ghost forces go back by reverse comm
@@ -243,6 +270,47 @@ void PairPolyGET::compute(int eflag, int vflag)
         }
       }
     }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   minimum distance (cpp/contract.h): any pair of an owned atom closer than min_distance stops
+   the run with the atom IDs and the step. Rank-specific, hence error->one.
+------------------------------------------------------------------------- */
+
+void PairPolyGET::check_min_distance()
+{
+  if (!(min_distance > 0.0)) return;
+  double **x = atom->x;
+  const tagint *tag = atom->tag;
+  const double thr2 = min_distance * min_distance;
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  double best = thr2;
+  int bi = -1, bj = -1;
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= atom->nlocal) continue;
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      const double r2 = dx * dx + dy * dy + dz * dz;
+      if (r2 < best) {
+        best = r2;
+        bi = i;
+        bj = j;
+      }
+    }
+  }
+  if (bi >= 0) {
+    const tagint ti = tag[bi], tj = tag[bj];
+    error->one(FLERR, polyget::min_distance_message(update->ntimestep, std::min(ti, tj),
+                                                    std::max(ti, tj), std::sqrt(best),
+                                                    min_distance,
+                                                    polyget::kPairMinDistanceOverride));
   }
 }
 
@@ -369,6 +437,7 @@ void PairPolyGET::settings(int narg, char **arg)
   std::string device = "auto";
   int nthreads = -1;
   int ghosts = GHOSTS_AUTO;
+  double mindist = -1.0;    // < 0: the model's metadata min_distance
   int iarg = 1;
   while (iarg < narg) {
     if (strcmp(arg[iarg], "device") == 0) {
@@ -396,6 +465,14 @@ void PairPolyGET::settings(int narg, char **arg)
       else
         error->all(FLERR, std::string("pair_style polyget: ghosts must be auto, exchange, shell "
                                       "or fold, not '") + arg[iarg + 1] + "'");
+      iarg += 2;
+    } else if (strcmp(arg[iarg], "min_distance") == 0) {
+      if (iarg + 2 > narg)
+        error->all(FLERR, std::string("pair_style polyget: min_distance needs a value in "
+                                      "Angstrom (0 turns the check off); ") + SYNTAX_STYLE);
+      mindist = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (!(mindist >= 0.0))
+        error->all(FLERR, "pair_style polyget: min_distance must be >= 0 (Angstrom)");
       iarg += 2;
     } else {
       error->all(FLERR, std::string("pair_style polyget: unknown keyword '") + arg[iarg] + "'; " +
@@ -428,16 +505,18 @@ void PairPolyGET::settings(int narg, char **arg)
   model_path = path;
   device_request = device;
   cutoff = model->metadata().cutoff;
-  halo = model->metadata().interaction_range();
+  halo = model->interaction_range();
+  min_distance_request = mindist;
+  min_distance = mindist >= 0.0 ? mindist : model->metadata().min_distance;
 
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "pair_style polyget: {} (elements {}, cutoff {} A, {} layers, reach {} hops, "
-                   "{}, format {}) on {}, {} torch thread(s) per rank\n",
+                   "{}, format {}, min_distance {} A) on {}, {} torch thread(s) per rank\n",
                    path, model->metadata().elements_string(), cutoff,
                    model->metadata().num_layers, model->metadata().receptive_hops,
-                   model->metadata().dtype,
-                   model->metadata().format_version, model->device_string(),
+                   model->metadata().dtype, model->metadata().format_version, min_distance,
+                   model->device_string(),
                    at::get_num_threads());
 
   // a new model invalidates earlier pair_coeff mappings
@@ -461,30 +540,17 @@ void PairPolyGET::coeff(int narg, char **arg)
 
   const auto &meta = model->metadata();
   const int ntypes = atom->ntypes;
-  const std::string expected = "expected: pair_coeff * * <element per type> with " +
-      std::to_string(ntypes) + " element(s) for " + std::to_string(ntypes) +
-      " atom type(s), each one of the model's elements: " + meta.elements_string();
-
   if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
-    error->all(FLERR, "pair_coeff for pair_style polyget: " + expected);
-  if (narg - 2 != ntypes)
-    error->all(FLERR, "pair_coeff for pair_style polyget: found " + std::to_string(narg - 2) +
-                          " element(s) after * *; " + expected);
+    error->all(FLERR, "pair_coeff for pair_style polyget: expected: pair_coeff * * <element per "
+                      "atom type> (model elements: " + meta.elements_string() + ")");
+  const std::vector<std::string> given(arg + 2, arg + narg);
+  const std::string problem = polyget::check_elements_for_types(ntypes, given, meta);
+  if (!problem.empty()) error->all(FLERR, problem + " (model " + model_path + ")");
 
   type_elements.assign(ntypes + 1, "");
   for (int t = 1; t <= ntypes; t++) {
-    const std::string sym = arg[t + 1];
-    if (sym == "NULL")
-      error->all(FLERR, "pair_coeff for pair_style polyget: NULL (type " + std::to_string(t) +
-                            ") is not supported: every atom type needs an element of the model (" +
-                            meta.elements_string() + ")");
-    const int idx = meta.element_index(sym);
-    if (idx < 0)
-      error->all(FLERR, "pair_coeff for pair_style polyget: element '" + sym + "' (atom type " +
-                            std::to_string(t) + ") is not in the model " + model_path +
-                            ", whose elements are: " + meta.elements_string());
-    map[t] = idx;
-    type_elements[t] = sym;
+    map[t] = meta.element_index(given[t - 1]);
+    type_elements[t] = given[t - 1];
   }
   for (int i = 1; i <= ntypes; i++)
     for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
@@ -500,38 +566,38 @@ void PairPolyGET::init_style()
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style polyget requires newton pair on (ghost-atom forces are "
                       "reverse-communicated): use 'newton on' (the default), not 'newton off'");
-  // the model works in eV and Angstrom: metal is native, real (kcal/mol, Angstrom) is converted
-  // with the same factor as the ML-IAP path (polyget.lammps.mliap), anything else is refused
-  if (strcmp(update->unit_style, "metal") == 0)
-    energy_scale = 1.0;
-  else if (strcmp(update->unit_style, "real") == 0)
-    energy_scale = EV_TO_KCAL_PER_MOL;
-  else
-    error->all(FLERR, std::string("pair_style polyget requires units metal or real (the model "
-                                  "works in eV and Angstrom); found units ") + update->unit_style +
-                          ": use 'units metal'");
-
-  // molecular topology: special_bonds factors of 0 drop bonded pairs from the neighbour list,
-  // which would silently remove edges from the model's graph
-  if (atom->molecular != Atom::ATOMIC) {
-    const bool drops = (atom->nbonds > 0 && force->special_lj[1] == 0.0 && force->special_coul[1] == 0.0) ||
-        (atom->nangles > 0 && force->special_lj[2] == 0.0 && force->special_coul[2] == 0.0) ||
-        (atom->ndihedrals > 0 && force->special_lj[3] == 0.0 && force->special_coul[3] == 0.0);
-    if (drops)
-      error->all(FLERR, "pair_style polyget needs every pair within the cutoff, but special_bonds "
-                        "factors of 0 remove bonded pairs from the neighbour list: add "
-                        "'special_bonds lj/coul 1.0 1.0 1.0' (bonded terms, if any, are then "
-                        "yours to exclude)");
-  }
+  // units and special_bonds: the rules of cpp/contract.h (same as the ML-IAP path)
+  energy_scale = polyget::lammps_energy_factor(update->unit_style);
+  if (energy_scale < 0.0) error->all(FLERR, polyget::units_message(update->unit_style));
+  if (atom->molecular != Atom::ATOMIC &&
+      polyget::special_bonds_drop_pairs(atom->nbonds, force->special_lj, force->special_coul))
+    error->all(FLERR, polyget::special_bonds_message());
 
   // choose how ghost atoms are handled (see the top of this file)
   const auto &meta = model->metadata();
-  const bool have_map = atom->map_style != Atom::MAP_NONE;
+  bool have_map = atom->map_style != Atom::MAP_NONE;
   if (ghost_mode == GHOSTS_EXCHANGE && !model->supports_halo())
     error->all(FLERR, "pair_style polyget: ghosts exchange needs a model file exported with "
-                      "per-layer exchange (metadata per_layer_exchange); " + model_path +
+                      "per-layer exchange (metadata num_exchanges); " + model_path +
                       " was exported by an older polyget: re-export it with python/export.py, "
                       "or use ghosts shell");
+  // a file without per-layer exchange on one rank: fold periodic images onto their atoms,
+  // never fall back to the (receptive_hops x cutoff) ghost shell (10-100x slower); create the
+  // atom map for that ourselves, as 'atom_modify map yes' would have
+  const bool fold_wanted = ghost_mode == GHOSTS_FOLD ||
+      (ghost_mode == GHOSTS_AUTO && !model->supports_halo() && comm->nprocs == 1);
+  if (fold_wanted && !have_map && comm->nprocs == 1) {
+    if (!atom->tag_enable)
+      error->all(FLERR, "pair_style polyget on one rank folds periodic images onto their atoms "
+                        "by atom ID: atoms need IDs (atom_modify id yes)");
+    atom->map_user = Atom::MAP_YES;
+    atom->map_init();
+    atom->map_set();
+    have_map = true;
+    if (comm->me == 0)
+      utils::logmesg(lmp, "pair_style polyget: created an atom map (as 'atom_modify map yes') "
+                          "to fold periodic images on one rank\n");
+  }
   if (ghost_mode == GHOSTS_FOLD && comm->nprocs > 1)
     error->all(FLERR, "pair_style polyget: ghosts fold works on one MPI rank only; use ghosts "
                       "exchange (or auto) with several ranks");
@@ -583,7 +649,7 @@ void PairPolyGET::init_style()
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
   // ghost atoms out to receptive_hops * cutoff (+ skin): set the comm cutoff if the user's is shorter
-  const double need = halo + neighbor->skin;
+  const double need = polyget::halo_cutoff(model->metadata().receptive_hops, cutoff, neighbor->skin);
   if (comm->mode != Comm::SINGLE)
     error->all(FLERR, "pair_style polyget ghosts shell needs comm_modify mode single with a "
                       "cutoff of at least {:.6g} (receptive hops x cutoff + skin); use: "

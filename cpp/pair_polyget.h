@@ -2,7 +2,7 @@
    polyget: LAMMPS pair style running an exported polyget TorchScript model
 
      pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N]
-                        [ghosts auto|exchange|shell|fold]
+                        [ghosts auto|exchange|shell|fold] [min_distance A]
      pair_coeff * * <element of type 1> <element of type 2> ...
 
    Built as a plugin (cpp/pair_polyget_plugin.cpp); see README "LAMMPS".
@@ -55,6 +55,7 @@ class PairPolyGET : public Pair {
  protected:
   void allocate();
   void build_edges(int mode);
+  void check_min_distance();    // contract rule: stop on a pair closer than min_distance
   [[noreturn]] void model_error_all(const std::string &where, const std::string &what);
 
   std::unique_ptr<polyget::Model> model;
@@ -64,10 +65,17 @@ class PairPolyGET : public Pair {
   double cutoff;           // model cutoff (Angstrom)
   double energy_scale;     // model eV -> LAMMPS energy unit (1 for metal, kcal/mol per eV for real)
   double halo;             // receptive_hops * cutoff: the ghost shell of `ghosts shell`
+  double min_distance;     // Angstrom; pairs closer stop the run (0: no check)
+  double min_distance_request;    // the keyword's value, < 0 when not given
   enum { GHOSTS_AUTO, GHOSTS_EXCHANGE, GHOSTS_SHELL, GHOSTS_FOLD };
   int ghost_mode;          // requested
   int mode;                // chosen in init_style: GHOSTS_EXCHANGE, GHOSTS_SHELL or GHOSTS_FOLD
   int nexchange_calls;     // forward + reverse exchanges in the last compute (for checks)
+
+  // POLYGET_STATS=1: one line per rank at exit (graph sizes, model time, peak memory)
+  bool stats;
+  long long stat_calls, stat_max_nlocal, stat_max_nghost, stat_max_edges;
+  double stat_model_s;
   int *map;                // LAMMPS type -> model element index
   std::vector<std::string> type_elements;    // element of each type (for messages)
 

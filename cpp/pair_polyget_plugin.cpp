@@ -1,10 +1,17 @@
-// LAMMPS plugin entry point: registers pair_style polyget.
+// LAMMPS plugin entry point: registers pair_style polyget, and replaces the creator of
+// pair_style mliap by PairPolyGETMLIAP (upstream's, with pair_coeff checked first).
 //   plugin load /path/to/polygetplugin.so      (or LAMMPS_PLUGIN_PATH, which .venv/bin/lmp sets)
 #include "lammpsplugin.h"
 
 #include "version.h"
 
+#include "force.h"
+#include "lammps.h"
+
 #include "pair_polyget.h"
+#ifdef POLYGET_WITH_MLIAP
+#include "pair_polyget_mliap.h"
+#endif
 
 using namespace LAMMPS_NS;
 
@@ -12,6 +19,13 @@ static Pair *polyget_creator(LAMMPS *lmp)
 {
   return new PairPolyGET(lmp);
 }
+
+#ifdef POLYGET_WITH_MLIAP
+static Pair *mliap_checked_creator(LAMMPS *lmp)
+{
+  return new PairPolyGETMLIAP(lmp);
+}
+#endif
 
 extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
 {
@@ -26,4 +40,10 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.creator.v1 = (lammpsplugin_factory1 *) &polyget_creator;
   plugin.handle = handle;
   (*register_plugin)(&plugin, lmp);
+
+#ifdef POLYGET_WITH_MLIAP
+  // silently (no "Overriding built-in pair style" warning): only pair_coeff differs
+  auto *pair_map = static_cast<LAMMPS *>(lmp)->force->pair_map;
+  if (pair_map->find("mliap") != pair_map->end()) (*pair_map)["mliap"] = &mliap_checked_creator;
+#endif
 }

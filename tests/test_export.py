@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import subprocess
 import sys
@@ -40,7 +39,7 @@ def exported(tmp_path_factory):
 def test_writes_both_files_with_metadata(exported):
     assert exported["pt"].is_file() and exported["jit"].is_file()
     meta = read_metadata(str(exported["jit"]))
-    assert meta["format"] == "polyget-torchscript" and meta["format_version"] == 1
+    assert meta["format"] == "polyget-torchscript" and meta["format_version"] == 2
     assert meta["elements"] == ["H", "C", "O"]
     assert meta["cutoff"] == 4.0 and meta["num_layers"] == 2 and meta["dtype"] == "float64"
     assert meta["receptive_hops"] == 3
@@ -119,7 +118,13 @@ def test_polyget_cli_export(exported, tmp_path):
     assert (tmp_path / "c.jit.pt").is_file()
 
 
-def test_metadata_json_is_plain_json(exported):
-    extra = {"metadata.json": ""}
+def test_metadata_records_are_plain_text(exported):
+    """Any TorchScript reader gets the contract with torch.jit.load(..., _extra_files=...)."""
+    extra = {"polyget.format": "", "polyget.cutoff": "", "polyget.elements": "",
+             "polyget.receptive_hops": "", "polyget.min_distance": ""}
     torch.jit.load(str(exported["jit"]), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["format"] == "polyget-torchscript"
+    extra = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
+    assert extra["polyget.format"] == "polyget-torchscript"
+    assert float(extra["polyget.cutoff"]) == 4.0 and extra["polyget.elements"] == "H C O"
+    assert int(extra["polyget.receptive_hops"]) == 3
+    assert float(extra["polyget.min_distance"]) == 0.5

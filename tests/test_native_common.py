@@ -3,7 +3,8 @@
 - ``ToyMessagePassing``: an analytic TorchScript model with the polyget forward contract
   (species, edge_index, edge_vec) -> per-atom energies: a Morse pair term plus ``num_layers``
   rounds of smooth scalar messages, so that the MPI halo (num_layers * cutoff) really matters.
-- ``export_toy``: writes it as a ``NAME.jit.pt`` with ``metadata.json`` (docs/interfaces.md 3).
+- ``export_toy``: writes it as a ``NAME.jit.pt`` with the contract metadata records
+  (polyget.contract, docs/interfaces.md 3).
 - ``reference``: energy, forces, stress and per-atom energies from any such TorchScript module,
   by autograd on positions and strain (the independent Python path the C++ core must match).
 - ``ring_polymer``: a polyethylene-like loop (CH2)n without RDKit, optionally in a periodic box.
@@ -11,13 +12,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import List
 
 import numpy as np
 import torch
+
+from polyget import contract
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import primitive_neighbor_list
@@ -67,13 +69,14 @@ def toy_metadata(model: torch.nn.Module, elements=TOY_ELEMENTS, **overrides) -> 
     dtype = next(iter(model.buffers())).dtype
     meta = {
         "format": "polyget-torchscript",
-        "format_version": 1,
+        "format_version": contract.TORCHSCRIPT_VERSION,
         "elements": list(elements),
         "cutoff": float(model.cutoff),
         "num_layers": int(model.num_layers),
         "receptive_hops": int(model.receptive_hops),
         "dtype": "float64" if dtype == torch.float64 else "float32",
         "units": {"energy": "eV", "length": "Angstrom"},
+        "min_distance": contract.DEFAULT_MIN_DISTANCE,
         "polyget_version": "0.1.0",
         "torch_version": torch.__version__.split("+")[0],
     }
@@ -81,16 +84,33 @@ def toy_metadata(model: torch.nn.Module, elements=TOY_ELEMENTS, **overrides) -> 
     return meta
 
 
-def save_jit(module: torch.nn.Module, path, metadata: dict | None) -> Path:
-    """torch.jit.save with the metadata.json extra file (None: no metadata at all)."""
+def toy_records(metadata: dict, drop=()) -> dict:
+    """The extra files of an export, written without the contract's checks (for error tests);
+    ``drop``: contract keys left out."""
+    meta = dict(metadata)
+    units = meta.pop("units", contract.UNITS)
+    meta.setdefault("energy_unit", units["energy"])
+    meta.setdefault("length_unit", units["length"])
+    out = {}
+    for key, kind in contract.METADATA_KEYS:
+        if key in drop or key not in meta:
+            continue
+        v = meta[key]
+        out[contract.RECORD_PREFIX + key] = " ".join(v) if kind == "list" else (
+            repr(float(v)) if kind == "float" else str(v))
+    return out
+
+
+def save_jit(module: torch.nn.Module, path, metadata: dict | None, drop=()) -> Path:
+    """torch.jit.save with the contract metadata records (None: no metadata at all)."""
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
-    extra = {} if metadata is None else {"metadata.json": json.dumps(metadata)}
+    extra = {} if metadata is None else toy_records(metadata, drop)
     torch.jit.save(scripted, str(path), _extra_files=extra)
     return Path(path)
 
 
 def export_toy(path, cutoff=4.0, num_layers=2, dtype=torch.float64, meta=None) -> Path:
-    """The toy model as NAME.jit.pt; `meta` overrides metadata.json entries (for error tests)."""
+    """The toy model as NAME.jit.pt; `meta` overrides metadata entries (for error tests)."""
     model = ToyMessagePassing(len(TOY_ELEMENTS), cutoff, num_layers, dtype)
     return save_jit(model, path, toy_metadata(model, **(meta or {})))
 

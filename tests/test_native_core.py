@@ -5,9 +5,7 @@ structures, for the analytic toy model and for a small random PolyGET; buffer re
 input errors a user can meet.
 """
 
-import json
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -180,11 +178,11 @@ def small_polyget():
 
 
 def export_polyget(model, path):
-    meta = {"format": "polyget-torchscript", "format_version": 1, "elements": list(model.elements),
-            "cutoff": model.cutoff, "num_layers": model.num_layers, "dtype": "float64",
-            "units": {"energy": "eV", "length": "Angstrom"}, "polyget_version": "0.1.0",
-            "torch_version": torch.__version__}
-    return save_jit(torch.jit.script(model), path, meta)
+    """The real exporter's TorchScript file (python/export.py writes the same NAME.jit.pt)."""
+    from polyget.export import export_model
+
+    pt, jit = export_model(model, str(path).replace(".jit.pt", ".pt"), dtype="float64")
+    return jit
 
 
 @pytest.mark.parametrize("structure", ["isolated", "periodic"])
@@ -214,10 +212,10 @@ def test_polyget_reach_is_num_layers_plus_one():
 
 
 def test_receptive_hops_metadata(tmp_path):
+    """Read from the export, never recomputed: a file without it is refused."""
     meta = toy_metadata(ToyMessagePassing())
-    del meta["receptive_hops"]
-    path = save_jit(ToyMessagePassing(), tmp_path / "d.jit.pt", meta)
-    assert NativeModel(path).receptive_hops == 3  # default: num_layers + 1
+    path = save_jit(ToyMessagePassing(), tmp_path / "d.jit.pt", meta, drop=("receptive_hops",))
+    expect_error(path, "no receptive_hops record", "python/export.py")
     assert NativeModel(export_toy(tmp_path / "t.jit.pt")).receptive_hops == 2
     expect_error(export_toy(tmp_path / "b.jit.pt", meta={"receptive_hops": 0}), "receptive_hops")
 
@@ -266,25 +264,40 @@ def test_mliap_pickle_is_refused(tmp_path):
 
 def test_torchscript_without_metadata(tmp_path):
     path = save_jit(ToyMessagePassing(), tmp_path / "bare.jit.pt", None)
-    expect_error(path, "without polyget metadata.json")
+    expect_error(path, "without polyget metadata")
 
 
-@pytest.mark.parametrize("version, hint", [(2, "update polyget"), (0, "re-run python/export.py")])
+def test_format_1_file_is_refused_with_advice(tmp_path):
+    scripted = torch.jit.script(ToyMessagePassing())
+    path = tmp_path / "old.jit.pt"
+    torch.jit.save(scripted, str(path), _extra_files={"metadata.json": "{}"})
+    expect_error(path, "older polyget (TorchScript format 1", "python/export.py")
+
+
+@pytest.mark.parametrize("version, hint", [(3, "update polyget"), (1, "re-run python/export.py")])
 def test_other_format_version(tmp_path, version, hint):
     path = export_toy(tmp_path / "v.jit.pt", meta={"format_version": version})
-    expect_error(path, f"format_version {version}", "reads format_version 1", hint)
+    expect_error(path, f"format_version {version}", "reads format_version 2", hint)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jit.pt"
+    path.write_bytes(b"")
+    expect_error(path, "empty (0 bytes")
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ({"format": "something-else"}, "format is \"something-else\""),
+    ({"format": "something-else"}, "format is 'something-else'"),
     ({"units": {"energy": "kcal/mol", "length": "Angstrom"}}, "energy=kcal/mol"),
-    ({"dtype": "float16"}, "dtype is \"float16\""),
+    ({"dtype": "float16"}, "dtype is 'float16'"),
+    ({"receptive_hops": 5}, "model.receptive_hops = 2"),
+    ({"min_distance": -1.0}, "min_distance must be a number >= 0"),
     ({"dtype": "float32"}, "parameters are"),
     ({"cutoff": -1.0}, "cutoff must be a positive"),
     ({"cutoff": 5.0}, "model.cutoff = 4"),
     ({"num_layers": 3}, "model.num_layers = 2"),
-    ({"elements": []}, "\"elements\" is empty"),
-    ({"elements": ["H", "H", "O"]}, "appears twice"),
+    ({"elements": []}, "elements is empty"),
+    ({"elements": ["H", "H", "O"]}, "repeated symbol"),
 ])
 def test_bad_metadata(tmp_path, override, fragment):
     path = export_toy(tmp_path / "bad.jit.pt", meta=override)
@@ -298,9 +311,8 @@ def test_bad_metadata(tmp_path, override, fragment):
 def test_missing_metadata_key(tmp_path):
     model = ToyMessagePassing()
     meta = toy_metadata(model)
-    del meta["num_layers"]
-    path = save_jit(model, tmp_path / "m.jit.pt", meta)
-    expect_error(path, "no \"num_layers\" entry", "python/export.py")
+    path = save_jit(model, tmp_path / "m.jit.pt", meta, drop=("num_layers",))
+    expect_error(path, "no num_layers record", "python/export.py")
 
 
 def test_cuda_request_without_cuda(toy_path):
@@ -343,6 +355,7 @@ def test_metadata_roundtrip(toy_path):
     model = NativeModel(toy_path)
     meta = model.metadata
     assert meta["format"] == "polyget-torchscript" and meta["elements"] == TOY_ELEMENTS
-    with zipfile.ZipFile(toy_path) as z:
-        name = [n for n in z.namelist() if n.endswith("extra/metadata.json")][0]
-        assert json.loads(z.read(name)) == meta
+    from polyget import contract
+
+    python_side = contract.read_metadata(toy_path)
+    assert {k: python_side[k] for k in meta} == meta

@@ -1,4 +1,4 @@
-"""The `polyget` command: train, eval, calibrate, md, export, data."""
+"""The `polyget` command: train, eval, calibrate, md, export, data, melt."""
 
 import argparse
 import json
@@ -38,7 +38,9 @@ def _md(a):
     from .md import run_md
 
     res = run_md(a.structure, a.model, a.out, a.temperature, a.timestep, a.steps, a.interval,
-                 seed=a.seed, device=a.device, dtype=a.dtype)
+                 seed=a.seed, device=a.device, dtype=a.dtype, overwrite=a.overwrite,
+                 bond_stretch=a.bond_stretch, min_distance=a.min_distance,
+                 max_temperature=a.max_temperature)
     print(json.dumps(res, indent=2, default=str))
 
 
@@ -50,6 +52,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .data.cli import main as data_main
 
         return data_main(argv[1:]) or 0
+    if argv and argv[0] == "melt":
+        from .data.melt import main as melt_main
+
+        return melt_main(argv[1:]) or 0
     if argv and argv[0] == "export":
         from .export import main as export_main
 
@@ -91,10 +97,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", default="cpu")
     m.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    m.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    m.add_argument("--bond-stretch", type=float, default=1.6,
+                   help="watchdog: stop when a bond of the start structure exceeds this x its length (0: off)")
+    m.add_argument("--min-distance", type=float, default=0.5,
+                   help="watchdog: stop when two atoms come closer than this (A; 0: off)")
+    m.add_argument("--max-temperature", type=float, default=None,
+                   help="watchdog: stop above this temperature (K; default 3 x T + 500)")
     m.set_defaults(func=_md)
 
     sub.add_parser("export", help="checkpoint -> LAMMPS files (see python/export.py --help)")
     sub.add_parser("data", help="build / label / inspect reference datasets (polyget data --help)")
+    sub.add_parser("melt", help="amorphous periodic melt of N chains -> LAMMPS data file (polyget melt --help)")
 
     args = p.parse_args(argv)
     try:

@@ -5,8 +5,8 @@
 
 * ``NAME.pt``: the ML-IAP unified object (``polyget.lammps.mliap.PolyGETMLIAP``, pickled with
   ``torch.save``) for ``pair_style mliap unified NAME.pt 0|1``;
-* ``NAME.jit.pt``: the TorchScript model with ``metadata.json`` for ``pair_style polyget`` and
-  ``polyget._core``.
+* ``NAME.jit.pt``: the TorchScript model with the contract metadata records
+  (:mod:`polyget.contract`) for ``pair_style polyget``, ``polyget._core`` and the ASE calculator.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from . import __version__
-from .lammps.mliap import (FORMAT_VERSION, TORCHSCRIPT_FORMAT, TORCHSCRIPT_FORMAT_VERSION,
-                           PolyGETMLIAP)
-
-UNITS = {"energy": "eV", "length": "Angstrom"}
+from .contract import (DEFAULT_MIN_DISTANCE, MLIAP_VERSION, TORCHSCRIPT_FORMAT,
+                       TORCHSCRIPT_VERSION, UNITS, atomic_write, file_kind, kind_advice,
+                       metadata_records)
+from .lammps.mliap import PolyGETMLIAP
 
 
 class ExportError(RuntimeError):
@@ -46,33 +46,45 @@ def metadata_for(model: torch.nn.Module, dtype: str, extra: Optional[Dict[str, A
                  ) -> Dict[str, Any]:
     meta = {
         "format": TORCHSCRIPT_FORMAT,
-        "format_version": TORCHSCRIPT_FORMAT_VERSION,
+        "format_version": TORCHSCRIPT_VERSION,
         "elements": [str(e) for e in model.elements],
         "cutoff": float(model.cutoff),
         "num_layers": int(model.num_layers),
-        "receptive_hops": int(getattr(model, "receptive_hops", int(model.num_layers) + 1)),
+        # the model says how far its energies reach; nothing downstream recomputes it
+        "receptive_hops": _receptive_hops(model),
         "dtype": dtype,
         "units": dict(UNITS),
+        "min_distance": float(getattr(model, "min_distance", DEFAULT_MIN_DISTANCE)),
         "polyget_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
-        "mliap_format_version": FORMAT_VERSION,
+        "mliap_format_version": MLIAP_VERSION,
     }
     arch = getattr(getattr(model, "config", None), "architecture", None)
     if arch:  # informative only (eager models; the checkpoint export passes it too)
         meta["architecture"] = str(arch)
     pieces = exchange_metadata(model)
-    if pieces:
-        meta["per_layer_exchange"] = pieces
+    if pieces:  # optional contract keys: per-layer halo exchange
+        meta.update(pieces)
     if extra:
         meta.update(extra)
     return meta
 
 
-def exchange_metadata(model: torch.nn.Module) -> Optional[Dict[str, int]]:
-    """{"num_exchanges", "width"} for a model with the pieces API (nn/model.py), else None.
+def _receptive_hops(model: torch.nn.Module) -> int:
+    hops = getattr(model, "receptive_hops", None)
+    if hops is None:
+        raise ExportError(
+            "the model has no receptive_hops attribute (how many cutoff radii its energies "
+            "reach); polyget engines read it from the export and never guess it")
+    return int(hops)
 
-    width = numbers per atom in one exchange (x and vec rows together): what engines size their
-    communication buffers with (LAMMPS comm_forward) before the first evaluation.
+
+def exchange_metadata(model: torch.nn.Module) -> Optional[Dict[str, int]]:
+    """{"num_exchanges", "exchange_width"} for a model with the pieces API (nn/model.py), else
+    None (contract.OPTIONAL_METADATA_KEYS).
+
+    exchange_width = numbers per atom in one exchange (x and vec rows together): what engines
+    size their communication buffers with (LAMMPS comm_forward) before the first evaluation.
     """
     if not all(hasattr(model, a) for a in ("edge_features", "embed", "interact", "readout",
                                            "num_exchanges")):
@@ -83,7 +95,8 @@ def exchange_metadata(model: torch.nn.Module) -> Optional[Dict[str, int]]:
         edge_index = torch.zeros(2, 0, dtype=torch.long, device=p.device)
         feats = model.edge_features(torch.zeros(0, 3, dtype=p.dtype, device=p.device))
         x, vec = model.embed(species, edge_index, feats, 1)
-    return {"num_exchanges": int(model.num_exchanges), "width": int(x[0].numel() + vec[0].numel())}
+    return {"num_exchanges": int(model.num_exchanges),
+            "exchange_width": int(x[0].numel() + vec[0].numel())}
 
 
 def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "float64",
@@ -100,25 +113,17 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
     meta = metadata_for(model, dtype, extra_metadata)
     if extra_metadata is None or "device" not in extra_metadata:
         meta["device"] = device
-    extra = {"metadata.json": json.dumps(meta, sort_keys=True)}
+    extra = metadata_records(meta)
     pt_path, jit_path = output_paths(out)
-    pt_path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.jit.save(scripted, buf, _extra_files=extra)
     blob = buf.getvalue()
-    _atomic_write(jit_path, blob)
-    mliap = PolyGETMLIAP(blob, meta, device=device)
+    atomic_write(jit_path, blob)
+    mliap = PolyGETMLIAP(blob, device=device)
     tmp = io.BytesIO()
     torch.save(mliap, tmp)
-    _atomic_write(pt_path, tmp.getvalue())
+    atomic_write(pt_path, tmp.getvalue())
     return pt_path, jit_path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp%d" % os.getpid())
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def load_checkpoint_model(ckpt: str | os.PathLike, dtype: str = "float64"):
@@ -126,29 +131,14 @@ def load_checkpoint_model(ckpt: str | os.PathLike, dtype: str = "float64"):
     from .io import ModelFileError, load_checkpoint, model_from_checkpoint
 
     path = Path(ckpt)
-    if path.is_file() and _is_exported_mliap(path):
-        raise ExportError(
-            "%s is an exported ML-IAP file (NAME.pt from python/export.py), not a training "
-            "checkpoint: use it in LAMMPS directly, or export the .ckpt written by "
-            "`polyget train`" % path)
+    kind = file_kind(path)
+    if kind not in ("checkpoint", "torch-pickle"):
+        raise ExportError(kind_advice(path, kind, "checkpoint"))
     try:
         ck = load_checkpoint(path)
     except ModelFileError as exc:
         raise ExportError(str(exc)) from None
     return model_from_checkpoint(ck, dtype).eval(), ck
-
-
-def _is_exported_mliap(path: Path) -> bool:
-    try:
-        import zipfile
-
-        with zipfile.ZipFile(path) as z:
-            for n in z.namelist():
-                if n.endswith("data.pkl"):
-                    return b"PolyGETMLIAP" in z.read(n)
-    except Exception:
-        return False
-    return False
 
 
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float64",

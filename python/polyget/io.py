@@ -3,30 +3,19 @@
 Checkpoint layout and exported file formats: docs/interfaces.md.
 """
 
-import json
-import os
 import platform
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
 import torch
 
 from . import __version__
+from .contract import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, UNITS, ModelFileError,
+                       atomic_write, file_kind, kind_advice)
+from .contract import load_torchscript as _load_torchscript
 from .nn import ModelConfig, PolyGET, build_model
 
-CHECKPOINT_FORMAT = "polyget-checkpoint"
-CHECKPOINT_VERSION = 1
-TORCHSCRIPT_FORMAT = "polyget-torchscript"
-TORCHSCRIPT_VERSION = 1
-UNITS = {"energy": "eV", "length": "Angstrom"}
-
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class ModelFileError(RuntimeError):
-    """A file that should hold a polyget model does not, or cannot be used as given."""
 
 
 def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
@@ -46,18 +35,9 @@ def versions() -> Dict[str, str]:
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save through :func:`polyget.contract.atomic_write` (temporary file + rename,
+    mode 0644 minus the umask): never a half-written file."""
+    atomic_write(path, obj)
 
 
 def make_checkpoint(model: PolyGET, **extra: Any) -> Dict[str, Any]:
@@ -78,29 +58,19 @@ def make_checkpoint(model: PolyGET, **extra: Any) -> Dict[str, Any]:
     return ckpt
 
 
-def _is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """Read a polyget checkpoint dict, or raise ModelFileError saying what the file is."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
-    if _is_torchscript(path):
-        raise ModelFileError(
-            f"{path} is a TorchScript file (an exported model), not a training checkpoint. "
-            "Use it with PolyGETCalculator or LAMMPS `pair_style polyget`; export needs the .ckpt file.")
+    kind = file_kind(path)
+    if kind not in ("checkpoint", "torch-pickle"):
+        raise ModelFileError(kind_advice(path, kind, "checkpoint"))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean: not ours
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ModelFileError(
             f"{path} is not a polyget checkpoint (torch.load failed: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}). Give the .ckpt written by `polyget train`.") from None
+            f"{first}). Give the .ckpt written by `polyget train`.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelFileError(
             f"{path} is a PyTorch file but not a polyget checkpoint (no format={CHECKPOINT_FORMAT!r} "
@@ -128,30 +98,17 @@ def load_model(path: Union[str, Path], device: str = "cpu", dtype: Union[str, to
 
 
 def load_torchscript(path: Union[str, Path], device: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
-    """Exported TorchScript model and its metadata, checking the format version."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
-    if not _is_torchscript(path):
-        raise ModelFileError(f"{path} is not a TorchScript file; expected NAME.jit.pt from python/export.py")
-    extra = {"metadata.json": ""}
-    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    if not extra["metadata.json"]:
-        raise ModelFileError(f"{path} is TorchScript but has no polyget metadata.json; re-export it with python/export.py")
-    meta = json.loads(extra["metadata.json"])
-    if meta.get("format") != TORCHSCRIPT_FORMAT:
-        raise ModelFileError(f"{path}: metadata format {meta.get('format')!r} is not {TORCHSCRIPT_FORMAT!r}")
-    if meta.get("format_version") != TORCHSCRIPT_VERSION:
-        raise ModelFileError(
-            f"{path} was exported with format {meta.get('format_version')}; this polyget reads format "
-            f"{TORCHSCRIPT_VERSION}: re-run python/export.py on the checkpoint")
-    return module, meta
+    """Exported TorchScript model and its metadata (polyget.contract.load_torchscript)."""
+    return _load_torchscript(path, device)
 
 
 def load_any(path: Union[str, Path], device: str = "cpu", dtype: Union[str, torch.dtype] = "float64"):
     """(model, elements, cutoff, metadata) from a checkpoint or an exported .jit.pt file."""
     path = Path(path)
-    if _is_torchscript(path):
+    kind = file_kind(path)
+    if kind not in ("checkpoint", "torch-pickle", "torchscript"):
+        raise ModelFileError(kind_advice(path, kind, "model"))
+    if kind == "torchscript":
         module, meta = load_torchscript(path, device)
         want = parse_dtype(dtype)
         if meta.get("dtype") and DTYPES[meta["dtype"]] != want:

@@ -88,9 +88,9 @@ class NativeModel:
 
     @property
     def metadata(self) -> dict:
-        import json
-
-        return json.loads(self._model.metadata_json)
+        """The contract metadata as the C++ core reads it (same keys as
+        :func:`polyget.contract.read_metadata`, without the Python-only provenance)."""
+        return dict(self._model.metadata)
 
     def compute(
         self, species, edge_index, edge_vec, nlocal: int | None = None

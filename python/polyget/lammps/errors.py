@@ -32,6 +32,15 @@ def explain(exc_type, exc, tb) -> Optional[str]:
     if not any(n.endswith("mliap_unified_connect") for n in names):
         return None
     text = "%s: %s" % (exc_type.__name__, exc)
+    if issubclass(exc_type, FileNotFoundError) or (
+            issubclass(exc_type, OSError) and getattr(exc, "errno", None) == 2):
+        name = getattr(exc, "filename", None) or str(exc)
+        return ("polyget: the file given to `pair_style mliap unified` does not exist: %s "
+                "(paths are relative to the directory LAMMPS runs in, %s). Write it with "
+                "`python python/export.py CKPT -o NAME.pt`." % (name, os.getcwd()))
+    if issubclass(exc_type, IsADirectoryError):
+        return ("polyget: the path given to `pair_style mliap unified` is a directory: %s"
+                % (getattr(exc, "filename", None) or exc))
     if "RecursiveScriptModule" in text or "ScriptModule" in text:
         return ("polyget: the file given to `pair_style mliap unified` is a TorchScript model "
                 "(NAME.jit.pt, for `pair_style polyget`). Give the ML-IAP file NAME.pt that "

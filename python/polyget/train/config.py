@@ -1,4 +1,8 @@
-"""Training configuration: defaults, YAML reading, and validation with clear messages."""
+"""Training configuration: defaults, YAML reading, and validation with clear messages.
+
+Relative paths in a config file (data.train, output) are relative to the folder of that file,
+so a config runs the same from any working directory.
+"""
 
 import copy
 from pathlib import Path
@@ -17,6 +21,7 @@ DEFAULTS: Dict[str, Any] = {
         "energy_unit": "eV",      # units of the files: eV | Hartree | kcal/mol | kJ/mol | Ry
         "length_unit": "Angstrom",  # Angstrom | Bohr | nm
         "elements": None,         # null: inferred from the data, ordered by atomic number
+        "check_units": True,      # stop when the forces do not look like eV/Angstrom
     },
     "model": ModelConfig().to_dict(),
     "training": {
@@ -58,13 +63,66 @@ def _merge(base: Dict[str, Any], new: Dict[str, Any], where: str) -> Dict[str, A
     return out
 
 
+# settings that must be numbers; YAML 1.1 reads `1e-3` (no dot) as a string
+FLOAT_KEYS = {"data": ("val_fraction",),
+              "training": ("lr", "weight_decay", "plateau_factor", "min_lr", "force_weight",
+                           "energy_weight", "grad_clip")}
+
+
+def _numbers(cfg: Dict[str, Any]) -> None:
+    for section, keys in FLOAT_KEYS.items():
+        for key in keys:
+            v = cfg[section][key]
+            if v is None and key == "grad_clip":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise ConfigError(f"{section}.{key} must be a number, got {v!r}")
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise ConfigError(f"{section}.{key} must be a number, got the text {v!r}") from None
+            cfg[section][key] = float(v)
+    t = cfg["training"]
+    if not t["lr"] > 0:
+        raise ConfigError(f"training.lr must be > 0, got {t['lr']!r}")
+    if not 0 <= cfg["data"]["val_fraction"] < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg['data']['val_fraction']!r}")
+
+
+def _relative_to(base: Path, cfg: Dict[str, Any]) -> None:
+    def fix(p):
+        if isinstance(p, (str, Path)) and str(p) and not Path(p).expanduser().is_absolute():
+            return str(base / Path(p).expanduser())
+        return str(Path(p).expanduser()) if isinstance(p, (str, Path)) else p
+
+    d = cfg["data"]
+    d["train"] = [fix(p) for p in d["train"]] if isinstance(d["train"], list) else fix(d["train"])
+    cfg["output"] = fix(cfg["output"])
+
+
 def load_config(path_or_dict) -> Dict[str, Any]:
+    """Defaults merged with a YAML file (paths relative to its folder) or a dict (paths
+    relative to the working directory), checked."""
+    base = None
     if isinstance(path_or_dict, (str, Path)):
+        if not Path(path_or_dict).is_file():
+            raise ConfigError(f"config file {path_or_dict} does not exist")
         with open(path_or_dict) as fh:
-            raw = yaml.safe_load(fh) or {}
+            try:
+                raw = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path_or_dict} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path_or_dict} must hold a YAML mapping (data:, model:, training:, "
+                              f"output:), found {type(raw).__name__}")
+        base = Path(path_or_dict).resolve().parent
     else:
         raw = path_or_dict
     cfg = _merge(DEFAULTS, raw, "")
+    if base is not None and cfg["data"]["train"] not in (None, "", []):
+        _relative_to(base, cfg)
+    _numbers(cfg)
     t = cfg["training"]
     if cfg["data"]["train"] in (None, "", []):
         raise ConfigError("data.train is required: the dataset file(s) to train on")

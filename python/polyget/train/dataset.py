@@ -10,12 +10,10 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers
 
+from ..contract import ENERGY_TO_EV as ENERGY_UNITS
+from ..contract import FORCE_MEDIAN_WINDOW
+from ..contract import LENGTH_TO_ANGSTROM as LENGTH_UNITS
 from ..nn.graph import Graph, neighbour_list, species_indices
-
-# Conversion factors to polyget's internal units (eV, Angstrom).
-ENERGY_UNITS = {"eV": 1.0, "Hartree": 27.211386245988, "Ha": 27.211386245988,
-                "kcal/mol": 0.0433641043, "kJ/mol": 0.0103642688, "Ry": 13.605693122994}
-LENGTH_UNITS = {"Angstrom": 1.0, "A": 1.0, "Bohr": 0.529177210903, "nm": 10.0}
 
 
 class DataError(ValueError):
@@ -46,16 +44,33 @@ def read_frames(paths: Union[str, Sequence[str]], index: str = ":") -> list:
 
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    if not paths:
+        raise DataError("no dataset file given (data.train is empty)")
     frames = []
     for p in paths:
         if not Path(p).exists():
-            raise DataError(f"dataset file {p} does not exist")
-        if index == ":":  # compressed extxyz: decompressed in memory first (10-25x faster)
-            from ..data.io import read_frames as _read_all
-            got = _read_all(p)
-        else:
-            got = ase.io.read(str(p), index=index)
-        frames.extend(got if isinstance(got, list) else [got])
+            raise DataError(f"dataset file {p} does not exist (relative paths in a config file are "
+                            "relative to the config file's folder)")
+        if Path(p).is_dir():
+            raise DataError(f"dataset path {p} is a directory; give the file(s), e.g. {p}/train.extxyz")
+        if Path(p).stat().st_size == 0:
+            raise DataError(f"dataset file {p} is empty (0 bytes): no structures to train on")
+        try:
+            if index == ":":  # compressed extxyz: decompressed in memory first (10-25x faster)
+                from ..data.io import read_frames as _read_all
+                got = _read_all(p)
+            else:
+                got = ase.io.read(str(p), index=index)
+        except StopIteration:
+            got = []
+        except Exception as exc:
+            raise DataError(f"cannot read dataset file {p} with ase.io ({type(exc).__name__}: "
+                            f"{str(exc).strip()[:200]}); give a file ase.io reads with energies/forces "
+                            "(extxyz, ASE db, VASP, CP2K, ...)") from None
+        got = got if isinstance(got, list) else [got]
+        if not got:
+            raise DataError(f"dataset file {p} holds no structures")
+        frames.extend(got)
     if not frames:
         raise DataError(f"no structures found in {list(paths)}")
     return frames
@@ -87,7 +102,8 @@ def infer_elements(frames) -> List[str]:
 
 
 def frames_to_samples(frames, elements: Sequence[str], cutoff: float, energy_unit: str = "eV",
-                      length_unit: str = "Angstrom", require_forces: bool = True) -> List[Sample]:
+                      length_unit: str = "Angstrom", require_forces: bool = True,
+                      check: bool = True) -> List[Sample]:
     if energy_unit not in ENERGY_UNITS:
         raise DataError(f"unknown energy unit {energy_unit!r}; choose one of {sorted(ENERGY_UNITS)}")
     if length_unit not in LENGTH_UNITS:
@@ -113,18 +129,43 @@ def frames_to_samples(frames, elements: Sequence[str], cutoff: float, energy_uni
             raise DataError(f"frame {k}: {exc}") from None
         samples.append(Sample(species, pos, cell, edge_index, shifts, forces, energy,
                               str(atoms.info.get("family", "unknown")), int(atoms.info.get("loop", 0)), k))
-    check_units(samples)
+    if not samples:
+        raise DataError("the dataset holds no structures")
+    if check:
+        check_units(samples, energy_unit, length_unit)
     return samples
 
 
-def check_units(samples: Sequence[Sample]) -> None:
+def check_units(samples: Sequence[Sample], energy_unit: str = "eV", length_unit: str = "Angstrom") -> None:
+    """Stop when the forces (after the configured conversion) do not look like eV/Angstrom."""
     f = np.concatenate([s.forces.ravel() for s in samples if s.forces is not None] or [np.zeros(1)])
     med = float(np.median(np.abs(f)))
-    if med > 50.0:
-        raise DataError(f"median |force component| is {med:.1f}: that is not eV/Angstrom for a molecule near "
-                        "equilibrium. Set data.energy_unit / data.length_unit in the config (e.g. Hartree, Bohr).")
-    if 0 < med < 1e-3:
-        warnings.warn(f"median |force component| is {med:.2e} eV/A: very small; check the units of the data")
+    lo, hi = FORCE_MEDIAN_WINDOW
+    if med == 0.0:
+        warnings.warn("every force component is zero: check the dataset's force labels")
+        return
+    if lo <= med <= hi:
+        return
+    raw = med / (ENERGY_UNITS[energy_unit] / LENGTH_UNITS[length_unit])  # in the file's units
+    guesses = []
+    for e, l in (("kcal/mol", "Angstrom"), ("kJ/mol", "Angstrom"), ("Hartree", "Bohr"),
+                 ("Ry", "Bohr"), ("eV", "Bohr"), ("Hartree", "Angstrom"), ("eV", "Angstrom")):
+        conv = raw * ENERGY_UNITS[e] / LENGTH_UNITS[l]
+        if lo <= conv <= hi and (e, l) != (energy_unit, length_unit):
+            guesses.append((abs(math.log(conv / 0.5)), e, l, conv))
+    hint = ""
+    if guesses:
+        _, e, l, conv = min(guesses)
+        hint = (f" The numbers look like {e}/{l} (median {conv:.3g} eV/A after converting): set "
+                f"data.energy_unit: {e}" + (f" and data.length_unit: {l}" if l != length_unit else "")
+                + " in the config" + (f" (data.length_unit applies to the positions too: if they "
+                                      f"are not in {l}, convert the forces in the file instead)"
+                                      if l != length_unit else "") + ".")
+    raise DataError(
+        f"the forces do not look like eV/Angstrom: median |force component| is {med:.3g} eV/A after "
+        f"reading them as {energy_unit}/{length_unit}, while polymer data near equilibrium gives "
+        f"{lo}-{hi} eV/A (about 0.5).{hint or ' Set data.energy_unit / data.length_unit to the units of the file.'} If the labels really are right (e.g. only relaxed "
+        "structures), set data.check_units: false.")
 
 
 @dataclass

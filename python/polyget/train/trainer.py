@@ -81,7 +81,8 @@ class Trainer:
         frames = read_frames(d["train"])
         elements = d["elements"] or infer_elements(frames)
         model_cfg = ModelConfig.from_dict({**self.cfg["model"], "elements": list(elements)})
-        samples = frames_to_samples(frames, elements, model_cfg.cutoff, d["energy_unit"], d["length_unit"])
+        samples = frames_to_samples(frames, elements, model_cfg.cutoff, d["energy_unit"], d["length_unit"],
+                                    check=bool(d["check_units"]))
         self.train_set, self.val_set = split(samples, d["val_fraction"], d["split_by"], d["val_values"], t["seed"])
 
         torch.manual_seed(t["seed"])
