@@ -17,18 +17,14 @@ from polyget.nn.halo import IndexExchange, index_exchange, periodic_halo_graph, 
 
 
 def reference_forward(model, species, edge_index, edge_vec):
-    """The pre-pieces forward(), written out: the meaning forward() must keep."""
-    r = torch.linalg.vector_norm(edge_vec, dim=-1)
-    rbf = model.distance_expansion(r)
-    unit = edge_vec / r.unsqueeze(-1)
-    x = model.embedding(species)
-    x = model.neighbor_embedding(species, x, edge_index, r, rbf)
-    vec = torch.zeros(x.shape[0], 3, x.shape[1], dtype=x.dtype)
-    for layer in model.layers:
-        dx, dvec = layer(x, vec, edge_index, r, rbf, unit)
-        x, vec = x + dx, vec + dvec
-    x = model.out_norm(x)
-    return model.head(x, vec) * model.energy_scale + model.atom_offsets[species]
+    """The pre-pieces forward(): the frozen pre-speed network (tests/frozen_et.py) with the same
+    weights, the meaning forward() must keep."""
+    import frozen_et
+
+    cfg = {k: v for k, v in model.config.to_dict().items() if k in frozen_et.ModelConfig.__dataclass_fields__}
+    ref = frozen_et.PolyGET(frozen_et.ModelConfig(**cfg)).to(edge_vec.dtype)
+    ref.load_state_dict(model.state_dict())
+    return ref(species, edge_index, edge_vec)
 
 
 def periodic_box(seed=0, triclinic=False):

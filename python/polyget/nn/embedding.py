@@ -20,8 +20,9 @@ class NeighborEmbedding(nn.Module):
         nn.init.xavier_uniform_(self.combine.weight)
         nn.init.zeros_(self.combine.bias)
 
-    def forward(self, species: Tensor, x: Tensor, edge_index: Tensor, r: Tensor, rbf: Tensor) -> Tensor:
-        w = self.distance_proj(rbf) * self.cutoff(r).unsqueeze(-1)
-        msg = self.embedding(species)[edge_index[1]] * w
+    def forward(self, species: Tensor, x: Tensor, edge_index: Tensor, c: Tensor, rbf: Tensor) -> Tensor:
+        """c: the cosine cutoff of every edge [E] (computed once per evaluation by the model)."""
+        w = self.distance_proj(rbf) * c.unsqueeze(-1)
+        msg = self.embedding(species).index_select(0, edge_index[1]) * w
         agg = torch.zeros_like(x).index_add_(0, edge_index[0], msg)
         return self.combine(torch.cat([x, agg], dim=-1))

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .attention import EquivariantAttention
 from .embedding import NeighborEmbedding
 from .heads import EquivariantScalar
-from .radial import RADIAL_BASES, lookup
+from .radial import RADIAL_BASES, CosineCutoff, lookup
 
 
 @dataclass
@@ -69,10 +69,14 @@ class PolyGET(nn.Module):
         self.num_exchanges: int = int(config.num_layers)
         hidden = config.hidden_channels
         nelem = len(config.elements)
+        self.hidden: int = int(hidden)
+        self.num_rbf: int = int(config.num_rbf)
 
         self.embedding = nn.Embedding(nelem, hidden)
         self.distance_expansion = lookup(RADIAL_BASES, config.rbf_type, "radial basis")(
             config.cutoff, config.num_rbf, config.trainable_rbf)
+        # the cosine cutoff, computed once per evaluation (edge_features)
+        self.cutoff_fn = CosineCutoff(config.cutoff)
         self.neighbor_embedding = NeighborEmbedding(hidden, config.num_rbf, config.cutoff, nelem)
         self.layers = nn.ModuleList([
             EquivariantAttention(hidden, config.num_rbf, config.num_heads, config.cutoff,
@@ -104,13 +108,18 @@ class PolyGET(nn.Module):
 
     @torch.jit.export
     def edge_features(self, edge_vec: Tensor) -> Tensor:
-        """Per-edge quantities every piece reads, packed [E, 4 + num_rbf]: r, unit (3), rbf."""
+        """Per-edge quantities every piece reads, computed once per evaluation and packed
+        [E, 4 + num_rbf]: the cosine cutoff c, c * unit vector (3), the radial basis (cutoff
+        included). The distance filters are computed per layer (one matrix product for dk and
+        dv): packing them here too makes every slice's backward allocate the whole block."""
         r = torch.linalg.vector_norm(edge_vec, dim=-1)
-        rbf = self.distance_expansion(r)
-        unit = edge_vec / r.unsqueeze(-1)
-        return torch.cat([r.unsqueeze(-1), unit, rbf], dim=-1)
+        c = self.cutoff_fn(r)
+        rbf = self.distance_expansion.expand(r, c)
+        cu = edge_vec * (c / r).unsqueeze(-1)
+        return torch.cat([c.unsqueeze(-1), cu, rbf], dim=-1)
 
     def _unpack(self, feats: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """(c [E], cu [E, 3], rbf [E, R]) of packed edge features."""
         return feats[:, 0], feats[:, 1:4], feats[:, 4:]
 
     def _owned_rows(self, t: Tensor, n_local: int) -> Tensor:
@@ -125,9 +134,9 @@ class PolyGET(nn.Module):
     def embed(self, species: Tensor, edge_index: Tensor, feats: Tensor, n_local: int
               ) -> Tuple[Tensor, Tensor]:
         """Node features after the neighbour embedding: x [N, F], vec [N, 3, F]."""
-        r, unit, rbf = self._unpack(feats)
+        c, cu, rbf = self._unpack(feats)
         x = self.embedding(species)
-        x = self.neighbor_embedding(species, x, edge_index, r, rbf)
+        x = self.neighbor_embedding(species, x, edge_index, c, rbf)
         vec = torch.zeros(x.shape[0], 3, x.shape[1], dtype=x.dtype, device=x.device)
         return self._owned_rows(x, n_local), vec
 
@@ -137,10 +146,10 @@ class PolyGET(nn.Module):
         """Attention layer `layer` (0..num_layers-1); reads ghost rows, writes owned rows."""
         if layer < 0 or layer >= self.num_layers:
             raise ValueError("interact: layer index out of range 0..num_layers-1")
-        r, unit, rbf = self._unpack(feats)
+        c, cu, rbf = self._unpack(feats)
         for k, mod in enumerate(self.layers):
             if k == layer:
-                dx, dvec = mod(x, vec, edge_index, r, rbf, unit)
+                dx, dvec = mod(x, vec, edge_index, c, cu, mod.filters(rbf), False)
                 x = x + dx
                 vec = vec + dvec
         return self._owned_rows(x, n_local), self._owned_rows(vec, n_local)
@@ -157,8 +166,12 @@ class PolyGET(nn.Module):
         n = species.shape[0]
         feats = self.edge_features(edge_vec)
         x, vec = self.embed(species, edge_index, feats, n)
-        for layer in range(self.num_layers):
-            x, vec = self.interact(layer, x, vec, edge_index, feats, n)
+        c, cu, rbf = self._unpack(feats)
+        # interact() for every layer, with vec known to be zero before the first one
+        for k, mod in enumerate(self.layers):
+            dx, dvec = mod(x, vec, edge_index, c, cu, mod.filters(rbf), k == 0)
+            x = x + dx
+            vec = dvec if k == 0 else vec + dvec
         return self.readout(species, x, vec, n)
 
     def raw_atom_energies(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:

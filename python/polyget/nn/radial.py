@@ -45,8 +45,12 @@ class ExpNormalSmearing(nn.Module):
             self.register_buffer("betas", betas)
 
     def forward(self, r: Tensor) -> Tensor:
+        return self.expand(r, self.cutoff_fn(r))
+
+    def expand(self, r: Tensor, c: Tensor) -> Tensor:
+        """The basis [E, num_rbf] given the cutoff c = C(r) [E] (computed once by the model)."""
         r = r.unsqueeze(-1)
-        return self.cutoff_fn(r) * torch.exp(-self.betas * (torch.exp(-self.alpha * r) - self.means) ** 2)
+        return c.unsqueeze(-1) * torch.exp(-self.betas * (torch.exp(-self.alpha * r) - self.means) ** 2)
 
 
 class GaussianSmearing(nn.Module):
@@ -65,8 +69,12 @@ class GaussianSmearing(nn.Module):
             self.register_buffer("widths", widths)
 
     def forward(self, r: Tensor) -> Tensor:
+        return self.expand(r, self.cutoff_fn(r))
+
+    def expand(self, r: Tensor, c: Tensor) -> Tensor:
+        """The basis [E, num_rbf] given the cutoff c = C(r) [E] (computed once by the model)."""
         r = r.unsqueeze(-1)
-        return self.cutoff_fn(r) * torch.exp(self.widths * (r - self.offsets) ** 2)
+        return c.unsqueeze(-1) * torch.exp(self.widths * (r - self.offsets) ** 2)
 
 
 RADIAL_BASES: Dict[str, Type[nn.Module]] = {
