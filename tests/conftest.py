@@ -9,14 +9,15 @@ from ase.calculators.morse import MorsePotential
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from polyget.io import atomic_save, make_checkpoint
-from polyget.nn import ModelConfig, PolyGET
+from polyget.nn import ModelConfig, PolyGET, build_model
 
 TINY = dict(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16, cutoff=4.0)
 
 
 def tiny_model(dtype=torch.float64, seed=0, **kw) -> PolyGET:
+    """A tiny ET (or any backbone: architecture="so3krates" in kw)."""
     torch.manual_seed(seed)
-    model = PolyGET(ModelConfig(**{**TINY, **kw}))
+    model = build_model(ModelConfig(**{**TINY, **kw}))
     # non-trivial normalisation so tests exercise it
     model.energy_scale.fill_(0.7)
     model.atom_offsets.copy_(torch.tensor([-13.6, -1029.0, -2041.0]))

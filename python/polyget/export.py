@@ -66,6 +66,9 @@ def metadata_for(model: torch.nn.Module, dtype: str, extra: Optional[Dict[str, A
         "torch_version": torch.__version__.split("+")[0],
         "mliap_format_version": MLIAP_VERSION,
     }
+    arch = getattr(getattr(model, "config", None), "architecture", None)
+    if arch:  # informative only (eager models; the checkpoint export passes it too)
+        meta["architecture"] = str(arch)
     pieces = exchange_metadata(model)
     if pieces:  # optional contract keys: per-layer halo exchange
         meta.update(pieces)
@@ -177,7 +180,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float6
            device: str = "cpu", aoti: bool = False) -> Tuple[Path, Path]:
     """Checkpoint -> (NAME.pt, NAME.jit.pt)."""
     model, ck = load_checkpoint_model(ckpt, dtype)
-    extra = {"source_checkpoint": Path(ckpt).name}
+    extra = {"source_checkpoint": Path(ckpt).name,
+             "architecture": str(ck["hparams"].get("architecture", "et"))}
     if ck.get("calibration"):
         try:
             json.dumps(ck["calibration"])

@@ -13,7 +13,7 @@ from . import __version__
 from .contract import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, UNITS, ModelFileError,
                        atomic_write, file_kind, kind_advice)
 from .contract import load_torchscript as _load_torchscript
-from .nn import ModelConfig, PolyGET
+from .nn import ModelConfig, PolyGET, build_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -83,8 +83,10 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: Dict[str, Any], dtype: Union[str, torch.dtype] = "float64") -> PolyGET:
-    """Model in ``dtype``; cast before loading so float64 offsets are not rounded through float32."""
-    model = PolyGET(ModelConfig.from_dict(ckpt["hparams"])).to(parse_dtype(dtype))
+    """Model in ``dtype``; cast before loading so float64 offsets are not rounded through float32.
+
+    The backbone comes from hparams["architecture"] ("et" when absent: older checkpoints)."""
+    model = build_model(ModelConfig.from_dict(ckpt["hparams"])).to(parse_dtype(dtype))
     model.load_state_dict(ckpt["model_state"])
     return model
 

@@ -18,8 +18,14 @@ from .radial import RADIAL_BASES, CosineCutoff, lookup
 
 @dataclass
 class ModelConfig:
-    """Hyperparameters of the network; stored in every checkpoint. Defaults follow the paper."""
+    """Hyperparameters of the network; stored in every checkpoint. Defaults follow the paper.
 
+    ``architecture`` picks the backbone (polyget.nn.ARCHITECTURES): "et" (this module, the
+    default; checkpoints without the key are ET) or "so3krates" (nn/so3krates.py, which also reads
+    ``max_degree``, the highest spherical-harmonic degree of its Euclidean variables).
+    """
+
+    architecture: str = "et"
     elements: List[str] = field(default_factory=lambda: ["H", "C", "O"])
     hidden_channels: int = 128
     num_layers: int = 6
@@ -30,6 +36,7 @@ class ModelConfig:
     trainable_rbf: bool = False
     activation: str = "silu"
     attn_activation: str = "silu"
+    max_degree: int = 3  # so3krates only
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

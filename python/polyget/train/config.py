@@ -126,6 +126,11 @@ def load_config(path_or_dict) -> Dict[str, Any]:
     t = cfg["training"]
     if cfg["data"]["train"] in (None, "", []):
         raise ConfigError("data.train is required: the dataset file(s) to train on")
+    from ..nn import ARCHITECTURES
+
+    if cfg["model"]["architecture"] not in ARCHITECTURES:
+        raise ConfigError(f"model.architecture must be one of {sorted(ARCHITECTURES)}, "
+                          f"got {cfg['model']['architecture']!r}")
     if t["loss"] not in ("forces", "joint"):
         raise ConfigError(f"training.loss must be 'forces' or 'joint', got {t['loss']!r}")
     if t["dtype"] not in ("float32", "float64"):

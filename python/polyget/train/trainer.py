@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_save, load_checkpoint, make_checkpoint, parse_dtype
-from ..nn import ModelConfig, PolyGET
+from ..nn import ModelConfig, build_model
 from ..nn.graph import evaluate
 from .config import load_config
 from .dataset import (Batch, DataError, Sample, collate, frames_to_samples, infer_elements, read_frames,
@@ -86,7 +86,7 @@ class Trainer:
         self.train_set, self.val_set = split(samples, d["val_fraction"], d["split_by"], d["val_values"], t["seed"])
 
         torch.manual_seed(t["seed"])
-        self.model = PolyGET(model_cfg)
+        self.model = build_model(model_cfg)
         f = np.concatenate([s.forces.ravel() for s in self.train_set])
         self.model.energy_scale.fill_(float(np.sqrt(np.mean(f ** 2))) or 1.0)
         if t["loss"] == "joint":
