@@ -20,7 +20,9 @@ EXPORT = [sys.executable, str(REPO / "python" / "export.py")]
 
 
 def run_export(*args):
-    return subprocess.run(EXPORT + [str(a) for a in args], stdout=subprocess.PIPE,
+    # --no-aoti: the command line compiles the AOTInductor package by default (minutes on a
+    # 2-core machine); these tests are about the portable files
+    return subprocess.run(EXPORT + [str(a) for a in args] + ["--no-aoti"], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=300)
 
 
@@ -109,7 +111,7 @@ def test_refuses_non_polyget_files(exported, tmp_path, kind):
 
 def test_polyget_cli_export(exported, tmp_path):
     res = subprocess.run([sys.executable, "-m", "polyget.cli", "export", str(exported["ckpt"]),
-                          "-o", str(tmp_path / "c.pt")], stdout=subprocess.PIPE,
+                          "-o", str(tmp_path / "c.pt"), "--no-aoti"], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, timeout=300,
                          cwd=str(REPO / "python"))
     if res.returncode != 0 and "No module named" in res.stdout:
