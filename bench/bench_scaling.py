@@ -174,29 +174,32 @@ def project(rows, cfg, n_cell, cell_box, model="paper", max_ranks=64):
     """Strong and weak scaling projection from the measured per-rank work (a model, stated as
     such in the tables).
 
-    Per-rank time per step = a * nodes + b * edges (nodes = owned + ghost atoms of the model
-    graph, edges = graph edges of that rank), fitted by non-negative least squares to the
-    measured exchange runs of `model` (LAMMPS loop time per step, after warm-up; the slowest
-    rank sets the pace). Ghost counts of cubic subdomains from the geometry; edges per owned
-    atom as measured; the exchanges themselves are not in the model: they move
-    (owned + ghost) x exchange_width numbers to the neighbour ranks num_layers times per step
-    each way (~1 MB per rank per step at 1e4 atoms per rank: milliseconds on a cluster
-    interconnect, against seconds of model time on a CPU).
+    Per-rank time per step = a * (edges + c * nodes): nodes = owned + ghost atoms of the rank's
+    model graph, edges = its graph edges; c = the multiply-adds of one node over those of one
+    edge in a layer (17 F^2 for the node projections vs 4 F n_rbf + 20 F for the edge filters
+    and messages: 3.7 for the paper model), a fitted (least squares) to the measured exchange
+    runs of `model` (LAMMPS loop time per step after warm-up; the rank with the largest graph
+    sets the pace). Ghost counts of cubic subdomains from the geometry; edges per owned atom as
+    measured. The exchanges themselves are not in the model: per step they move
+    (owned + ghost) x exchange_width numbers to the neighbour ranks num_layers times each way
+    (~1 MB per rank per step at 1e4 atoms per rank: milliseconds on a cluster interconnect,
+    against seconds of model time per step on a CPU).
     """
     import numpy as np
-    from scipy.optimize import nnls
 
+    F, nrbf = cfg["hidden_channels"], cfg["num_rbf"]
+    c = 17.0 * F * F / (4.0 * F * nrbf + 20.0 * F)
     pts = []
     for row in rows:
         if row.get("model") != model or row.get("mode") != "exchange" or not row.get("per_rank"):
             continue
-        slow = max(row["per_rank"], key=lambda r: r["nlocal"] + r["nghost"])
+        slow = max(row["per_rank"], key=lambda r: r["edges"] + c * (r["nlocal"] + r["nghost"]))
         pts.append((slow["nlocal"] + slow["nghost"], slow["edges"], row["s_per_step"]))
-    if len(pts) < 2:
+    if not pts:
         return None
-    X = np.array([[p[0], p[1]] for p in pts], dtype=float)
-    y = np.array([p[2] for p in pts])
-    (a, b), _ = nnls(X, y)
+    work = np.array([p[1] + c * p[0] for p in pts])
+    t = np.array([p[2] for p in pts])
+    a = float((work * t).sum() / (work * work).sum())
     epa = np.mean([r["edges"] / max(1, r["nlocal"]) for row in rows
                    if row.get("model") == model and row.get("mode") == "exchange"
                    for r in row.get("per_rank", []) if r["nlocal"]])
@@ -210,10 +213,11 @@ def project(rows, cfg, n_cell, cell_box, model="paper", max_ranks=64):
         own = n_atoms / p
         ghosts = rho * ((sub + 2 * cut) ** 3 - sub ** 3)
         edges = epa * (own + ghosts if shell else own)  # the shell also builds ghosts' edges
-        return a * (own + ghosts) + b * edges, ghosts
+        return a * (edges + c * (own + ghosts)), ghosts
 
-    out = {"model": model, "fit": {"s_per_node": float(a), "s_per_edge": float(b),
-                                   "edges_per_atom": float(epa), "points": pts},
+    out = {"model": model, "fit": {"s_per_edge": a, "node_weight": c, "edges_per_atom": float(epa),
+                                   "points": pts,
+                                   "residuals_s": [float(x) for x in t - a * work]},
            "strong": [], "weak": []}
     for n_atoms in (1e4, 1e5, 1e6):
         t1, _ = step_time(n_atoms, 1, cut_x, False)
@@ -250,7 +254,22 @@ def main(argv=None):
                    help="skip ghost-shell runs whose predicted graphs (all ranks) are larger")
     p.add_argument("--timeout", type=int, default=3000)
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    p.add_argument("--reproject", metavar="JSON",
+                   help="recompute the projection and tables of an earlier results file (no runs)")
     args = p.parse_args(argv)
+    if args.reproject:
+        result = json.loads(Path(args.reproject).read_text())
+        cfg = {k: v for k, v in result["models"]["paper"].items()}
+        n_cell = result["cell_atoms"]
+        from ase.io import read
+
+        a = read(REPO / result["cell"], format="lammps-data", units="metal", atom_style="atomic")
+        result["projection"] = project(result["rows"], cfg, n_cell, a.cell.lengths())
+        Path(args.reproject).write_text(json.dumps(result, indent=2))
+        md = markdown(result)
+        (Path(args.out) / "scaling.md").write_text(md)
+        print(md)
+        return 0
     if not LMP.exists():
         raise SystemExit(f"bench: {LMP} not found: run `make setup`")
 
@@ -353,9 +372,10 @@ def markdown(result):
     if proj:
         f = proj["fit"]
         L += ["", f"Projection for the {proj['model']} model (a model, not a measurement): "
-              f"per-rank step time = {f['s_per_node']:.3g} s x nodes + {f['s_per_edge']:.3g} s x "
-              f"edges, fitted to the exchange runs above; {f['edges_per_atom']:.1f} edges per "
-              "owned atom; cubic subdomains; communication time neglected (bench/README.md).", "",
+              f"per-rank step time = {f['s_per_edge']:.3g} s x (edges + {f['node_weight']:.2f} x "
+              f"nodes), fitted to the exchange runs above; {f['edges_per_atom']:.1f} edges per "
+              "owned atom; cubic subdomains; communication time neglected (bench/README.md). "
+              "Speedups are relative to 1 rank with per-layer exchange.", "",
               "| atoms | ranks | exchange: ghosts/rank | s/step | speedup | efficiency | shell: ghosts/rank | speedup |",
               "|---|---|---|---|---|---|---|---|"]
         for s in proj["strong"]:
