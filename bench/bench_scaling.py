@@ -51,6 +51,7 @@ SKIN = 1.0
 # graph edges per owned atom in the 0.80 g/cm^3 cell (measured: 35.1 at 5 A, ~18 at 4 A), used
 # only to predict memory before a run
 EDGES_PER_ATOM = {"paper": 35.2, "mini": 18.5}
+BASE_RSS_MB = 200.0  # resident memory of a rank before the model runs (LAMMPS + torch libraries)
 
 DECK = """
 units           metal
@@ -296,9 +297,11 @@ def main(argv=None):
                 cut = cfg["cutoff"] + SKIN if mode == "exchange" else \
                     (cfg["num_layers"] + 1) * cfg["cutoff"] + SKIN
                 pred = predicted_ghosts(n_atoms, box, grid_for(nprocs), cut)
-                # edges: owned rows only (exchange) or owned + ghost rows (shell), ~same per atom
+                if mode == "fold":
+                    pred = 0.0  # images folded onto owned atoms: no ghost nodes
+                # edges: owned rows only (exchange, fold) or owned + ghost rows (shell)
                 edges = EDGES_PER_ATOM[mname] * (n_atoms / nprocs + (pred if mode == "shell" else 0))
-                need_mb = nprocs * mb_per_edge.get(mname, 0.0) * edges
+                need_mb = nprocs * (BASE_RSS_MB + mb_per_edge.get(mname, 0.0) * edges)
                 base = {"model": mname, "size": size, "mode": mode, "ranks": nprocs,
                         "atoms": n_atoms, "predicted_ghosts_per_rank": pred}
                 if mode == "shell" and nprocs * (n_atoms / nprocs + pred) > args.max_shell_nodes:
@@ -316,7 +319,7 @@ def main(argv=None):
                     for r in row.get("per_rank", []):
                         if r["edges"]:
                             mb_per_edge[mname] = max(mb_per_edge.get(mname, 0.0),
-                                                     r["peak_rss_mb"] / r["edges"])
+                                                     (r["peak_rss_mb"] - BASE_RSS_MB) / r["edges"])
                 row["loadavg"] = os.getloadavg()
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "per_rank"}), flush=True)
