@@ -39,8 +39,19 @@ VENV = REPO / ".venv"
 LMP = VENV / "bin" / "lmp"
 MPIRUN = VENV / "bin" / "mpirun"
 CELL = REPO / "inputs" / "melt_lac2.data"
-REPLICAS = {"1e3": (2, 2, 1), "1e4": (3, 3, 4), "1e5": (7, 7, 7)}
+REPLICAS = {"1e3": (2, 2, 1), "3e3": (2, 2, 3), "5e3": (3, 3, 2), "1e4": (3, 3, 4),
+            "1e5": (7, 7, 7), "issue": (1, 1, 1)}
+# "issue": the box of issue 11 (three 6-loops in 48 x 20 x 20 A, here gamma-butyrolactone:
+# 216 atoms), written by issue_box(); the other sizes replicate CELL
+# model architectures: the paper's depth, and polyget-mini's (shallow: its ghost shell fits in
+# memory, so the shell can be measured against the exchange on the same system)
+MODELS = {"paper": dict(num_layers=6, hidden_channels=32, num_heads=8, num_rbf=32, cutoff=5.0),
+          "mini": dict(num_layers=2, hidden_channels=32, num_heads=4, num_rbf=16, cutoff=4.0)}
 SKIN = 1.0
+# graph edges per owned atom in the 0.80 g/cm^3 cell (measured: 35.1 at 5 A, ~18 at 4 A), used
+# only to predict memory before a run
+EDGES_PER_ATOM = {"paper": 35.2, "mini": 18.5}
+BASE_RSS_MB = 200.0  # resident memory of a rank before the model runs (LAMMPS + torch libraries)
 
 DECK = """
 units           metal
@@ -63,17 +74,46 @@ run             {steps}
 """
 
 
-def paper_model(work: Path, dtype: str):
+def make_model(name: str, work: Path, dtype: str):
     import torch
 
     from polyget.export import export_model
     from polyget.nn import ModelConfig, PolyGET
 
     torch.manual_seed(0)
-    cfg = ModelConfig(num_layers=6, hidden_channels=32, num_heads=8, num_rbf=32, cutoff=5.0)
+    cfg = ModelConfig(**MODELS[name])
     model = PolyGET(cfg).eval()
-    _, jit = export_model(model, work / "paper.pt", dtype=dtype)
+    _, jit = export_model(model, work / f"{name}.pt", dtype=dtype)
     return jit, cfg.to_dict()
+
+
+def mem_available_mb() -> float:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("inf")
+
+
+def issue_box(path: Path) -> Path:
+    """Three LAC2 6-loops side by side along x in a 48 x 20 x 20 A periodic box."""
+    from polyget.data.build import build
+    from polyget.data.melt import write_lammps_data
+
+    mol = build("LAC2", 6, n_conf=1, seed=0)[0]
+    mol.positions -= mol.positions.mean(axis=0)
+    atoms = None
+    for k in range(3):
+        m = mol.copy()
+        m.positions += [8.0 + 16.0 * k, 10.0, 10.0]
+        atoms = m if atoms is None else atoms + m
+    atoms.set_cell([48.0, 20.0, 20.0])
+    atoms.pbc = True
+    atoms.wrap()
+    write_lammps_data(path, atoms, "three LAC2 6-loops, %d atoms, 48 x 20 x 20 A" % len(atoms))
+    return path
 
 
 def cell_info():
@@ -99,8 +139,11 @@ def grid_for(nprocs):
 def run_one(work, jit, size, mode, nprocs, steps, timeout):
     rx, ry, rz = REPLICAS[size]
     g = grid_for(nprocs)
+    data = issue_box(work / "issue.data") if size == "issue" else CELL
     deck = DECK.format(processors="processors %d %d %d" % g if nprocs > 1 else "",
-                       data=CELL, rx=rx, ry=ry, rz=rz, model=jit, mode=mode, skin=SKIN, steps=steps)
+                       data=data, rx=rx, ry=ry, rz=rz, model=jit, mode=mode, skin=SKIN, steps=steps)
+    if mode == "fold":
+        deck = deck.replace("read_data", "atom_modify     map yes\nread_data")
     name = f"{size}-{mode}-np{nprocs}"
     (work / f"{name}.in").write_text(deck)
     cmd = [str(LMP), "-in", f"{name}.in", "-log", f"{name}.log"]
@@ -128,104 +171,155 @@ def run_one(work, jit, size, mode, nprocs, steps, timeout):
             "steps": int(nsteps), "s_per_step": float(loop_s) / int(nsteps), "per_rank": per_rank}
 
 
-def project(rows, cfg, n_cell, cell_box, max_ranks=64):
-    """Strong and weak scaling projection from the measured per-rank work.
+def project(rows, cfg, n_cell, cell_box, model="paper", max_ranks=64):
+    """Strong and weak scaling projection from the measured per-rank work (a model, stated as
+    such in the tables).
 
-    Model: time per step of one rank = a * (owned + ghost nodes) + b * edges, fitted (least
-    squares) to the measured exchange runs (model_s / calls), plus the exchanges themselves,
-    taken as free here (they move (owned + ghost) x 4F numbers per layer between neighbours:
-    ~1 MB per rank per step at 1e4 atoms/rank, milliseconds on a cluster network). Ghost
-    counts from the geometry of cubic subdomains; edges per owned atom as measured.
+    Per-rank time per step = a * (edges + c * nodes): nodes = owned + ghost atoms of the rank's
+    model graph, edges = its graph edges; c = the multiply-adds of one node over those of one
+    edge in a layer (17 F^2 for the node projections vs 4 F n_rbf + 20 F for the edge filters
+    and messages: 3.7 for the paper model), a fitted (least squares) to the measured exchange
+    runs of `model` (LAMMPS loop time per step after warm-up; the rank with the largest graph
+    sets the pace). Ghost counts of cubic subdomains from the geometry; edges per owned atom as
+    measured. The exchanges themselves are not in the model: per step they move
+    (owned + ghost) x exchange_width numbers to the neighbour ranks num_layers times each way
+    (~1 MB per rank per step at 1e4 atoms per rank: milliseconds on a cluster interconnect,
+    against seconds of model time per step on a CPU).
     """
     import numpy as np
 
-    pts = [(r["nlocal"] + r["nghost"], r["edges"], r["model_s"] / max(1, r["calls"]))
-           for row in rows if row.get("mode") == "exchange" and "per_rank" in row
-           for r in row["per_rank"] if r["calls"]]
-    if len(pts) < 2:
+    F, nrbf = cfg["hidden_channels"], cfg["num_rbf"]
+    c = 17.0 * F * F / (4.0 * F * nrbf + 20.0 * F)
+    pts = []
+    for row in rows:
+        if row.get("model") != model or row.get("mode") != "exchange" or not row.get("per_rank"):
+            continue
+        slow = max(row["per_rank"], key=lambda r: r["edges"] + c * (r["nlocal"] + r["nghost"]))
+        pts.append((slow["nlocal"] + slow["nghost"], slow["edges"], row["s_per_step"]))
+    if not pts:
         return None
-    X = np.array([[p[0], p[1]] for p in pts], dtype=float)
-    y = np.array([p[2] for p in pts])
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    a, b = (max(float(c), 0.0) for c in coef)
-    if a == 0.0 and b == 0.0:
-        return None
-    epa = np.mean([r["edges"] / max(1, r["nlocal"]) for row in rows if row.get("mode") == "exchange"
-                   and "per_rank" in row for r in row["per_rank"] if r["nlocal"]])
+    work = np.array([p[1] + c * p[0] for p in pts])
+    t = np.array([p[2] for p in pts])
+    a = float((work * t).sum() / (work * work).sum())
+    epa = np.mean([r["edges"] / max(1, r["nlocal"]) for row in rows
+                   if row.get("model") == model and row.get("mode") == "exchange"
+                   for r in row.get("per_rank", []) if r["nlocal"]])
     rho = n_cell / float(np.prod(cell_box))
     cut_x = cfg["cutoff"] + SKIN
     cut_s = (cfg["num_layers"] + 1) * cfg["cutoff"] + SKIN
 
-    def step_time(n_atoms, p, cut):
+    def step_time(n_atoms, p, cut, shell):
         side = (n_atoms / rho) ** (1 / 3)
         sub = side / p ** (1 / 3)
         own = n_atoms / p
-        if p == 1:
-            ghosts = rho * ((side + 2 * cut) ** 3 - side ** 3)
-        else:
-            ghosts = rho * ((sub + 2 * cut) ** 3 - sub ** 3)
-        # edges: owned rows only for exchange; the shell also builds edges of ghosts
-        edges = epa * (own if cut == cut_x else own + ghosts)
-        return a * (own + ghosts) + b * edges, ghosts
+        ghosts = rho * ((sub + 2 * cut) ** 3 - sub ** 3)
+        edges = epa * (own + ghosts if shell else own)  # the shell also builds ghosts' edges
+        return a * (edges + c * (own + ghosts)), ghosts
 
-    out = {"fit": {"s_per_node": a, "s_per_edge": b, "edges_per_atom": float(epa)},
+    out = {"model": model, "fit": {"s_per_edge": a, "node_weight": c, "edges_per_atom": float(epa),
+                                   "points": pts,
+                                   "residuals_s": [float(x) for x in t - a * work]},
            "strong": [], "weak": []}
     for n_atoms in (1e4, 1e5, 1e6):
-        t1, _ = step_time(n_atoms, 1, cut_x)
+        t1, _ = step_time(n_atoms, 1, cut_x, False)
         for p in (1, 2, 4, 8, 16, 32, 64):
             if p > max_ranks:
                 break
-            tx, gx = step_time(n_atoms, p, cut_x)
-            ts, gs = step_time(n_atoms, p, cut_s)
+            tx, gx = step_time(n_atoms, p, cut_x, False)
+            ts, gs = step_time(n_atoms, p, cut_s, True)
             out["strong"].append({"atoms": int(n_atoms), "ranks": p, "exchange_s": tx,
                                   "exchange_ghosts": gx, "exchange_speedup": t1 / tx,
                                   "exchange_efficiency": t1 / tx / p, "shell_s": ts,
                                   "shell_ghosts": gs, "shell_speedup": t1 / ts})
     for per in (1e3, 1e4):
-        t1, _ = step_time(per, 1, cut_x)
+        t1, _ = step_time(per, 1, cut_x, False)
         for p in (1, 8, 64):
-            tx, gx = step_time(per * p, p, cut_x)
+            tx, gx = step_time(per * p, p, cut_x, False)
             out["weak"].append({"atoms_per_rank": int(per), "ranks": p, "exchange_s": tx,
-                                "efficiency": t1 / tx})
+                                "ghosts": gx, "efficiency": t1 / tx})
     return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["1e3", "1e4"], choices=list(REPLICAS))
+    p.add_argument("--cases", nargs="+", default=["mini@1e3", "paper@issue", "paper@1e3", "paper@5e3", "paper@1e4"],
+                   help="MODEL@SIZE, MODEL in %s, SIZE in %s" % (list(MODELS), list(REPLICAS)))
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--modes", nargs="+", default=["shell", "exchange"])
+    p.add_argument("--modes", nargs="+", default=["exchange", "fold", "shell"],
+                   help="ghosts modes of pair_style polyget (fold: one rank only)")
+    p.add_argument("--issue-ranks", type=int, nargs="+", default=[1, 2, 4],
+                   help="ranks for the issue-11 box (4 on 2 cores is oversubscribed)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--max-shell-nodes", type=float, default=60000,
-                   help="skip ghost-shell runs whose predicted graph is larger (memory)")
+    p.add_argument("--max-shell-nodes", type=float, default=20000,
+                   help="skip ghost-shell runs whose predicted graphs (all ranks) are larger")
     p.add_argument("--timeout", type=int, default=3000)
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    p.add_argument("--reproject", metavar="JSON",
+                   help="recompute the projection and tables of an earlier results file (no runs)")
     args = p.parse_args(argv)
+    if args.reproject:
+        result = json.loads(Path(args.reproject).read_text())
+        cfg = {k: v for k, v in result["models"]["paper"].items()}
+        n_cell = result["cell_atoms"]
+        from ase.io import read
+
+        a = read(REPO / result["cell"], format="lammps-data", units="metal", atom_style="atomic")
+        result["projection"] = project(result["rows"], cfg, n_cell, a.cell.lengths())
+        Path(args.reproject).write_text(json.dumps(result, indent=2))
+        md = markdown(result)
+        (Path(args.out) / "scaling.md").write_text(md)
+        print(md)
+        return 0
     if not LMP.exists():
         raise SystemExit(f"bench: {LMP} not found: run `make setup`")
 
     work = Path(tempfile.mkdtemp(prefix="polyget-scaling-"))
-    jit, cfg = paper_model(work, args.dtype)
     n_cell, cell_box, density = cell_info()
     load_before = os.getloadavg()
     rows = []
-    for size in args.sizes:
+    cfgs = {}
+    mb_per_edge = {}  # per model: largest peak RSS per graph edge seen so far (conservative)
+    for case in args.cases:
+        mname, size = case.split("@")
+        if mname not in cfgs:
+            cfgs[mname] = make_model(mname, work, args.dtype)
+        jit, cfg = cfgs[mname]
         rep = REPLICAS[size]
         n_atoms = n_cell * rep[0] * rep[1] * rep[2]
         box = [cell_box[k] * rep[k] for k in range(3)]
-        for nprocs in args.ranks:
+        if size == "issue":
+            n_atoms, box = 216, [48.0, 20.0, 20.0]
+        for nprocs in (args.issue_ranks if size == "issue" else args.ranks):
             for mode in args.modes:
+                if mode == "fold" and nprocs > 1:
+                    continue  # one rank only
                 cut = cfg["cutoff"] + SKIN if mode == "exchange" else \
                     (cfg["num_layers"] + 1) * cfg["cutoff"] + SKIN
                 pred = predicted_ghosts(n_atoms, box, grid_for(nprocs), cut)
-                if mode == "shell" and n_atoms / nprocs + pred > args.max_shell_nodes:
-                    row = {"size": size, "mode": mode, "ranks": nprocs, "atoms": n_atoms,
-                           "skipped": "predicted graph of %.0f nodes per rank > --max-shell-nodes"
-                                      % (n_atoms / nprocs + pred)}
+                if mode == "fold":
+                    pred = 0.0  # images folded onto owned atoms: no ghost nodes
+                # edges: owned rows only (exchange, fold) or owned + ghost rows (shell)
+                edges = EDGES_PER_ATOM[mname] * (n_atoms / nprocs + (pred if mode == "shell" else 0))
+                need_mb = nprocs * (BASE_RSS_MB + mb_per_edge.get(mname, 0.0) * edges)
+                base = {"model": mname, "size": size, "mode": mode, "ranks": nprocs,
+                        "atoms": n_atoms, "predicted_ghosts_per_rank": pred}
+                if mode == "shell" and nprocs * (n_atoms / nprocs + pred) > args.max_shell_nodes:
+                    row = dict(base, skipped="ghost shell of %.0f nodes per rank (> --max-shell-nodes"
+                                             " %.0f in total)" % (n_atoms / nprocs + pred,
+                                                                  args.max_shell_nodes))
+                elif mode == "shell" and mname not in mb_per_edge:
+                    row = dict(base, skipped="no measured memory per edge for this model yet "
+                                             "(run its exchange first: --modes exchange shell)")
+                elif need_mb > 0.6 * mem_available_mb():
+                    row = dict(base, skipped="needs ~%.0f MB (measured MB per edge x predicted "
+                                             "edges), %.0f MB available" % (need_mb, mem_available_mb()))
                 else:
-                    row = run_one(work, jit, size, mode, nprocs, args.steps, args.timeout)
-                row["predicted_ghosts_per_rank"] = pred
+                    row = dict(base, **run_one(work, jit, size, mode, nprocs, args.steps, args.timeout))
+                    for r in row.get("per_rank", []):
+                        if r["edges"]:
+                            mb_per_edge[mname] = max(mb_per_edge.get(mname, 0.0),
+                                                     (r["peak_rss_mb"] - BASE_RSS_MB) / r["edges"])
                 row["loadavg"] = os.getloadavg()
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "per_rank"}), flush=True)
@@ -233,10 +327,11 @@ def main(argv=None):
     import torch
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    proj = project(rows, cfg, n_cell, cell_box)
+    proj = project(rows, cfgs["paper"][1], n_cell, cell_box) if "paper" in cfgs else None
     result = {"benchmark": "pair_style polyget, ghosts shell vs exchange", "cell": str(CELL.relative_to(REPO)),
-              "cell_atoms": n_cell, "density_g_cm3": density, "model": {**cfg, "dtype": args.dtype,
-              "random_weights": True}, "skin": SKIN, "steps": args.steps, "rows": rows,
+              "cell_atoms": n_cell, "density_g_cm3": density,
+              "models": {k: {**v[1], "dtype": args.dtype, "random_weights": True} for k, v in cfgs.items()},
+              "skin": SKIN, "steps": args.steps, "rows": rows, "ranks": args.ranks,
               "projection": proj, "utc": stamp, "loadavg_before": load_before,
               "loadavg_after": os.getloadavg(),
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -251,34 +346,39 @@ def main(argv=None):
 
 
 def markdown(result):
+    models = "; ".join(f"{k}: {v['num_layers']} layers, {v['cutoff']} A, {v['hidden_channels']} "
+                       f"features" for k, v in result["models"].items())
+    dtype = next(iter(result["models"].values()))["dtype"]
     L = [f"# pair_style polyget scaling ({result['utc']})", "",
-         f"Paper-size model (6 layers, 5 A, 32 features, {result['model']['dtype']}, random "
-         f"weights); {result['cell']} ({result['cell_atoms']} atoms, "
+         f"Models ({dtype}, random weights): {models}. "
+         f"{result['cell']} ({result['cell_atoms']} atoms, "
          f"{result['density_g_cm3']:.2f} g/cm^3) replicated; skin {result['skin']} A; "
          f"{result['steps']} NVE steps after 2 warm-up; OMP_NUM_THREADS=1; "
          f"{result['machine']['cpu_count']} CPU cores; load average before "
          f"{result['loadavg_before'][0]:.1f}, after {result['loadavg_after'][0]:.1f}.", "",
-         "| atoms | mode | ranks | ghost atoms / rank | edges / rank | peak RSS / rank (MB) | s / step |",
-         "|---|---|---|---|---|---|---|"]
+         "| model | atoms | mode | ranks | ghost atoms / rank | edges / rank | peak RSS / rank (MB) | s / step |",
+         "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "per_rank" in r and r["per_rank"]:
             pr = r["per_rank"]
             gh = "/".join(str(x["nghost"]) for x in pr)
             ed = "/".join(str(x["edges"]) for x in pr)
             mem = "/".join("%.0f" % x["peak_rss_mb"] for x in pr)
-            L.append(f"| {r['atoms']} | {r['mode']} | {r['ranks']} | {gh} | {ed} | {mem} | "
-                     f"{r['s_per_step']:.3g} |")
+            L.append(f"| {r['model']} | {r['atoms']} | {r['mode']} | {r['ranks']} | {gh} | {ed} | "
+                     f"{mem} | {r['s_per_step']:.3g} |")
         else:
-            why = r.get("skipped") or r.get("error", "")[:80]
-            L.append(f"| {r.get('atoms', r['size'])} | {r['mode']} | {r['ranks']} | "
+            why = r.get("skipped") or ("failed: " + r.get("error", "").strip().splitlines()[-1][:80]
+                                       if r.get("error") else "")
+            L.append(f"| {r['model']} | {r['atoms']} | {r['mode']} | {r['ranks']} | "
                      f"~{r['predicted_ghosts_per_rank']:.0f} (predicted) | | | not run: {why} |")
     proj = result.get("projection")
     if proj:
         f = proj["fit"]
-        L += ["", "Projection (a model, not a measurement): per-rank step time = "
-              f"{f['s_per_node']:.3g} s x nodes + {f['s_per_edge']:.3g} s x edges, fitted to the "
-              f"exchange runs above; {f['edges_per_atom']:.1f} edges per owned atom; cubic "
-              "subdomains; communication time neglected (see bench/README.md).", "",
+        L += ["", f"Projection for the {proj['model']} model (a model, not a measurement): "
+              f"per-rank step time = {f['s_per_edge']:.3g} s x (edges + {f['node_weight']:.2f} x "
+              f"nodes), fitted to the exchange runs above; {f['edges_per_atom']:.1f} edges per "
+              "owned atom; cubic subdomains; communication time neglected (bench/README.md). "
+              "Speedups are relative to 1 rank with per-layer exchange.", "",
               "| atoms | ranks | exchange: ghosts/rank | s/step | speedup | efficiency | shell: ghosts/rank | speedup |",
               "|---|---|---|---|---|---|---|---|"]
         for s in proj["strong"]:
