@@ -514,8 +514,7 @@ void PairPolyGET::settings(int narg, char **arg)
                    "{}, format {}, min_distance {} A) on {}, {} torch thread(s) per rank\n",
                    path, model->metadata().elements_string(), cutoff,
                    model->metadata().num_layers, model->metadata().receptive_hops,
-                   model->metadata().dtype, min_distance,
-                   model->metadata().format_version, model->device_string(),
+                   model->metadata().dtype, model->metadata().format_version, min_distance, model->device_string(),
                    at::get_num_threads());
 
   // a new model invalidates earlier pair_coeff mappings

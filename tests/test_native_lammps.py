@@ -337,7 +337,10 @@ def test_mpi_halo_is_needed(tmp_path, toy):
     """With a halo one hop short (receptive_hops 1 declared for the 2-layer toy), several ranks
     give a different answer: the halo machinery is what makes the other MPI tests exact."""
     path, module = toy
-    short = export_toy(tmp_path / "short.jit.pt", meta={"receptive_hops": 1})
+    # a file whose model and metadata both claim one hop (the core checks they agree)
+    lying = ToyMessagePassing(len(TOY_ELEMENTS), 4.0, 2)
+    lying.receptive_hops = 1
+    short = save_jit(lying, tmp_path / "short.jit.pt", toy_metadata(lying))
     atoms = ring_polymer(40, oxygen_every=5, vacuum=9.0)
     atoms.pbc = True
     good, out = lammps_single_point(tmp_path, atoms, path, nprocs=3, processors="processors 3 1 1",
@@ -447,6 +450,8 @@ def test_nvt_then_nve_15_loop(tmp_path, toy, which):
     else:  # the real architecture (random weights): fewer steps, it costs more per step
         from test_native_core import export_polyget, small_polyget
 
+        # random weights let atoms come closer than the 0.5 A minimum distance; this test is
+        # about energy conservation, so the check is off (min_distance 0) in the deck below
         path, nve_steps = export_polyget(small_polyget(), tmp_path / "net.jit.pt"), 400
     work = tmp_path / "md"
     work.mkdir()
@@ -465,7 +470,7 @@ atom_style atomic
 atom_modify map yes
 boundary s s s
 read_data {data}
-pair_style polyget {path}
+pair_style polyget {path} min_distance 0
 pair_coeff * * {' '.join(types)}
 neighbor 1.0 bin
 velocity all create 300 12345 mom yes rot yes dist gaussian

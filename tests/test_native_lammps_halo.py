@@ -173,7 +173,7 @@ units metal
 atom_style atomic
 processors {n} 1 1
 read_data data.lmp
-pair_style polyget {jit}
+pair_style polyget {jit} min_distance 0
 pair_coeff * * {' '.join(types)}
 neighbor 1.0 bin
 neigh_modify every 1 delay 0 check yes
