@@ -17,7 +17,8 @@ from polyget.lammps.mliap import PolyGETMLIAP, load, read_metadata
 
 from test_lammps_common import REPO
 
-EXPORT = [sys.executable, str(REPO / "python" / "export.py")]
+# --no-aoti: the AOTInductor package (minutes of compilation) has its own test (test_aoti.py)
+EXPORT = [sys.executable, str(REPO / "python" / "export.py"), "--no-aoti"]
 
 
 def run_export(*args):

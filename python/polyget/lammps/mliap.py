@@ -332,6 +332,10 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
             self._dtype = torch.float64 if self.dtype_name == "float64" else torch.float32
             model = torch.jit.load(io.BytesIO(self.torchscript), map_location=self._device)
             model.eval()
+            # the executor's profiling runs and autodiff subgraphs make this model slower and
+            # its first steps much slower (bench/README.md); POLYGET_JIT_OPTIMIZE=1 restores them
+            if os.environ.get("POLYGET_JIT_OPTIMIZE", "0") != "1":
+                torch._C._set_graph_executor_optimize(False)
             self._model = model
         return self._model
 
