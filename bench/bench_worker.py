@@ -54,8 +54,7 @@ def make_tmdnet(args, atoms):
         derivative=True, output_model="Scalar", prior_model=None, atom_filter=-1,
         reduce_op="add", precision=32 if args.dtype == "float32" else 64, vector_cutoff=True,
         equivariance_invariance_group="O(3)", static_shapes=False, check_errors=False,
-        box_vecs=(torch.tensor(atoms.cell.array, dtype=torch.float32 if args.dtype == "float32"
-                               else torch.float64) if atoms.pbc.all() else None),
+        box_vecs=atoms.cell.array.tolist() if atoms.pbc.all() else None,
         long_edge_index=True, seed=0, output_model_noise=None, position_noise_scale=0.0,
         denoising_weight=0.0, dy_weight=1.0, y_weight=0.0, prior_args=None,
     )
@@ -123,15 +122,11 @@ def make_native(args, atoms):
 
     nm = NativeModel(args.jit, device="cpu")
     rng = np.random.default_rng(0)
-    info = {}
-    core = getattr(nm, "_model", None) or getattr(nm, "model", None)
-    for attr in ("aoti_status", "load_seconds"):
-        if core is not None and hasattr(core, attr):
-            info[attr] = getattr(core, attr)()
+    info = {"aoti_status": nm.aoti_status, "core_load_s": nm.load_seconds}
 
     def call():
         jiggle(atoms, rng)
-        g = atoms_to_graph(atoms, nm.elements if hasattr(nm, "elements") else ["H", "C", "O"], args.cutoff)
+        g = atoms_to_graph(atoms, nm.elements, nm.cutoff)
         e, ae, fij = nm.compute(g.species, g.edge_index, g.edge_vec, len(atoms))
         return float(e), fij
 

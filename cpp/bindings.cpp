@@ -180,6 +180,12 @@ PYBIND11_MODULE(_core, m) {
            "owner[N-nlocal]: row each ghost copies) -> (energy, atom_energies[nlocal], fij[E,3]): "
            "the model in pieces with per-layer exchange (what pair_style polyget does)")
       .def_property_readonly("supports_halo", &polyget::Model::supports_halo)
+      .def_property_readonly("uses_aoti", &polyget::Model::uses_aoti,
+                             "compute() runs the AOTInductor package (NAME.aoti.pt2)")
+      .def_property_readonly("aoti_status", &polyget::Model::aoti_status,
+                             "which form compute() runs, and why")
+      .def_property_readonly("load_seconds", &polyget::Model::load_seconds,
+                             "seconds spent loading and warming up the model")
       .def_property_readonly("num_exchanges", [](const polyget::Model &mdl) { return mdl.metadata().num_exchanges; })
       .def_property_readonly("exchange_width", [](const polyget::Model &mdl) { return mdl.metadata().exchange_width; })
       .def_property_readonly("forward_exchanges", &polyget::Model::forward_exchanges)
@@ -195,8 +201,5 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("min_distance", [](const polyget::Model &mdl) { return mdl.metadata().min_distance; })
       .def_property_readonly("num_allocations", &polyget::Model::num_allocations)
       .def_property_readonly("atom_capacity", &polyget::Model::atom_capacity)
-      .def_property_readonly("edge_capacity", &polyget::Model::edge_capacity)
-      .def_property_readonly("uses_aoti", &polyget::Model::uses_aoti)
-      .def_property_readonly("aoti_status", &polyget::Model::aoti_status)
-      .def_property_readonly("load_seconds", &polyget::Model::load_seconds);
+      .def_property_readonly("edge_capacity", &polyget::Model::edge_capacity);
 }

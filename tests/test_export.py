@@ -16,13 +16,12 @@ from polyget.lammps.mliap import PolyGETMLIAP, load, read_metadata
 
 from test_lammps_common import REPO
 
-EXPORT = [sys.executable, str(REPO / "python" / "export.py")]
+# --no-aoti: the AOTInductor package (minutes of compilation) has its own test (test_aoti.py)
+EXPORT = [sys.executable, str(REPO / "python" / "export.py"), "--no-aoti"]
 
 
 def run_export(*args):
-    # --no-aoti: the command line compiles the AOTInductor package by default (minutes on a
-    # 2-core machine); these tests are about the portable files
-    return subprocess.run(EXPORT + [str(a) for a in args] + ["--no-aoti"], stdout=subprocess.PIPE,
+    return subprocess.run(EXPORT + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=300)
 
 

@@ -85,6 +85,10 @@ class NativeModel:
         self.receptive_hops = int(self._model.receptive_hops)
         self.dtype = str(self._model.dtype)
         self.device = str(self._model.device)
+        # which form compute() runs: the AOTInductor package or TorchScript (and why)
+        self.uses_aoti = bool(self._model.uses_aoti)
+        self.aoti_status = str(self._model.aoti_status)
+        self.load_seconds = float(self._model.load_seconds)
 
     @property
     def metadata(self) -> dict:
