@@ -13,6 +13,8 @@ same optimiser, batch size, seed and number of steps. Reported per backbone:
 
     nice -n 10 .venv/bin/python experiments/compare_backbones.py --steps 400 --threads 1 \
         --out experiments/results/compare_backbones.json
+    nice -n 10 .venv/bin/python experiments/compare_backbones.py --timing-only 10 \
+        --out experiments/results/compare_backbones_timing.json     # interleaved timing only
 """
 
 import argparse
@@ -85,6 +87,53 @@ def md_stability(ckpt, atoms, steps):
             "wall_s": time.perf_counter() - t0}
 
 
+def interleaved_timing(archs, rounds, threads, workdir):
+    """CPU time per training step (batch of 4 mini-set structures) and per energy + forces call
+    of the 360-atom 15-loop (TorchScript, float32 and float64), the backbones interleaved in
+    each round so that both see the same machine load; medians over the rounds."""
+    import ase.io
+
+    from polyget.nn.graph import atoms_to_graph, evaluate
+    from polyget.train.dataset import collate
+    from polyget.train.trainer import Trainer, batch_loss
+
+    atoms = ase.io.read(REPO / "inputs" / "ck6_15loop.data", format="lammps-data", atom_style="atomic")
+    setups = {}
+    for arch in archs:
+        cfg = yaml.safe_load(open(CONFIGS[arch]))
+        cfg["data"]["train"] = str(REPO / cfg["data"]["train"])
+        cfg["training"].update(max_steps=1, threads=threads)
+        cfg["output"] = str(Path(workdir) / ("timing-" + arch))
+        tr = Trainer(cfg, quiet=True)
+        batches = [collate([tr.train_set[k] for k in b]) for b in tr.batches_of_epoch(0)[:rounds]]
+        md = {}
+        for name, dt in (("float32", torch.float32), ("float64", torch.float64)):
+            import copy
+
+            m = torch.jit.script(copy.deepcopy(tr.model).to(dt).eval())
+            g = atoms_to_graph(atoms, m.elements, m.cutoff).to("cpu", dt)
+            for _ in range(3):  # TorchScript profiling runs
+                evaluate(m, g)
+            md[name] = (m, g)
+        setups[arch] = (tr, batches, md)
+    times = {a: {"train_step": [], "md_float32": [], "md_float64": []} for a in archs}
+    for r in range(rounds):
+        for arch in archs:
+            tr, batches, md = setups[arch]
+            t0 = time.perf_counter()
+            loss, _ = batch_loss(tr.model, batches[r % len(batches)], tr.cfg["training"], True)
+            tr.opt.zero_grad()
+            loss.backward()
+            tr.opt.step()
+            times[arch]["train_step"].append(time.perf_counter() - t0)
+            for name in ("float32", "float64"):
+                m, g = md[name]
+                t0 = time.perf_counter()
+                evaluate(m, g)
+                times[arch]["md_" + name].append(time.perf_counter() - t0)
+    return {a: {k: statistics.median(v) for k, v in t.items()} for a, t in times.items()}
+
+
 def run_backbone(arch, steps, threads, repeat, md_steps, workdir):
     import ase.io
 
@@ -128,8 +177,23 @@ def main():
     p.add_argument("--md-steps", type=int, default=0)
     p.add_argument("--arch", nargs="+", default=["et", "so3krates"])
     p.add_argument("--out", default=str(REPO / "experiments" / "results" / "compare_backbones.json"))
+    p.add_argument("--timing-only", type=int, default=0, metavar="ROUNDS",
+                   help="only the interleaved timing (ROUNDS rounds), no training")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.timing_only:
+        with tempfile.TemporaryDirectory() as work:
+            res = interleaved_timing(a.arch, a.timing_only, a.threads, work)
+        out = {"timing": res, "rounds": a.timing_only, "threads": a.threads, "torch": torch.__version__,
+               "loadavg_at_end": open("/proc/loadavg").read().split()[:3],
+               "note": "interleaved rounds, medians; untrained weights (cost does not depend on them)"}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+        print("| backbone | s/train step (4 structures) | ms/MD step 360 atoms f32 | f64 |")
+        print("|---|---|---|---|")
+        for arch, t in res.items():
+            print(f"| {arch} | {t['train_step']:.3f} | {1e3 * t['md_float32']:.0f} | {1e3 * t['md_float64']:.0f} |")
+        return
     with tempfile.TemporaryDirectory() as work:
         rows = [run_backbone(arch, a.steps, a.threads, a.repeat, a.md_steps, work) for arch in a.arch]
     try:
