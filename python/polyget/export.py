@@ -226,7 +226,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("  elements %s, cutoff %.3g A, %d layers (%d message-passing hops), %s, device %s"
           % (" ".join(m["elements"]), m["cutoff"], m["num_layers"], obj.receptive_hops,
              m["dtype"], obj.device_request))
-    print("LAMMPS (units metal), one rank or many:")
+    if "num_exchanges" in m:
+        print("C++ plugin, one rank or many (per-layer halo exchange: %d exchanges of %d numbers "
+              "per atom; no comm_modify needed):" % (m["num_exchanges"], m["exchange_width"]))
+        print("  pair_style polyget %s\n  pair_coeff * * %s" % (jit, " ".join(m["elements"])))
+    print("LAMMPS ML-IAP (units metal), one rank or many:")
     print("  " + obj.deck_lines(path=str(pt)).replace("\n", "\n  "))
     return 0
 
