@@ -127,8 +127,8 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
                         metadata={"polyget.elements": " ".join(model.elements),
                                   "polyget.cutoff": repr(float(model.cutoff))})
         except Exception as exc:  # the portable files are still written
-            print("export: warning: AOTInductor compilation failed (%s: %s); writing the "
-                  "TorchScript files only" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
+            print("export: warning: no AOTInductor package (%s: %s); writing the TorchScript "
+                  "files only" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
                   file=sys.stderr)
         else:
             meta["aoti_package"] = pkg.name
@@ -142,6 +142,32 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
     torch.save(mliap, tmp)
     _atomic_write(pt_path, tmp.getvalue())
     return pt_path, jit_path
+
+
+def attach_aoti(jit_path: str | os.PathLike, package: str | os.PathLike) -> None:
+    """Name an existing AOTInductor package (compiled earlier for the same weights) in the
+    metadata of NAME.jit.pt; the package is copied next to it as NAME.aoti.pt2."""
+    import shutil
+
+
+    jit_path = Path(jit_path)
+    files = {"metadata.json": ""}
+    module = torch.jit.load(str(jit_path), map_location="cpu", _extra_files=files)
+    meta = json.loads(files["metadata.json"])
+    from torch._C._aoti import AOTIModelPackageLoader  # type: ignore[attr-defined]
+
+    pmeta = AOTIModelPackageLoader.load_metadata_from_package(str(package), "model") \
+        if hasattr(AOTIModelPackageLoader, "load_metadata_from_package") else None
+    if pmeta is not None and pmeta.get("polyget.fingerprint") != meta.get("fingerprint"):
+        raise ExportError("%s was compiled for other weights (fingerprint %s, the model has %s)"
+                          % (package, pmeta.get("polyget.fingerprint"), meta.get("fingerprint")))
+    dest = aoti_path(jit_path)
+    if Path(package).resolve() != dest.resolve():
+        shutil.copy(package, dest)
+    meta["aoti_package"] = dest.name
+    buf = io.BytesIO()
+    torch.jit.save(module, buf, _extra_files={"metadata.json": json.dumps(meta, sort_keys=True)})
+    _atomic_write(jit_path, buf.getvalue())
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
