@@ -144,8 +144,8 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
                         metadata={"polyget.elements": " ".join(model.elements),
                                   "polyget.cutoff": repr(float(model.cutoff))})
         except Exception as exc:  # the portable files are still written
-            print("export: warning: AOTInductor compilation failed (%s: %s); writing the "
-                  "TorchScript files only" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
+            print("export: warning: no AOTInductor package (%s: %s); writing the TorchScript "
+                  "files only" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
                   file=sys.stderr)
         else:
             meta["aoti_package"] = pkg.name
@@ -159,6 +159,33 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
     torch.save(mliap, tmp)
     atomic_write(pt_path, tmp.getvalue())
     return pt_path, jit_path
+
+
+def attach_aoti(jit_path: str | os.PathLike, package: str | os.PathLike) -> None:
+    """Name an existing AOTInductor package (compiled earlier for the same weights) in the
+    metadata records of NAME.jit.pt (contract record ``aoti_package``); the package is copied
+    next to it as NAME.aoti.pt2."""
+    import shutil
+
+    from .contract import read_metadata
+
+    jit_path = Path(jit_path)
+    meta = read_metadata(jit_path)
+    module = torch.jit.load(str(jit_path), map_location="cpu")
+    from torch._C._aoti import AOTIModelPackageLoader  # type: ignore[attr-defined]
+
+    pmeta = AOTIModelPackageLoader.load_metadata_from_package(str(package), "model") \
+        if hasattr(AOTIModelPackageLoader, "load_metadata_from_package") else None
+    if pmeta is not None and pmeta.get("polyget.fingerprint") != meta.get("fingerprint"):
+        raise ExportError("%s was compiled for other weights (fingerprint %s, the model has %s)"
+                          % (package, pmeta.get("polyget.fingerprint"), meta.get("fingerprint")))
+    dest = aoti_path(jit_path)
+    if Path(package).resolve() != dest.resolve():
+        shutil.copy(package, dest)
+    meta["aoti_package"] = dest.name
+    buf = io.BytesIO()
+    torch.jit.save(module, buf, _extra_files=metadata_records(meta))
+    atomic_write(jit_path, buf.getvalue())
 
 
 def load_checkpoint_model(ckpt: str | os.PathLike, dtype: str = "float64"):
