@@ -101,7 +101,7 @@ def interleaved_timing(archs, rounds, threads, workdir):
     setups = {}
     for arch in archs:
         cfg = yaml.safe_load(open(CONFIGS[arch]))
-        cfg["data"]["train"] = str(REPO / cfg["data"]["train"])
+        cfg["data"]["train"] = str((CONFIGS[arch].parent / cfg["data"]["train"]).resolve())
         cfg["training"].update(max_steps=1, threads=threads)
         cfg["output"] = str(Path(workdir) / ("timing-" + arch))
         tr = Trainer(cfg, quiet=True)
@@ -140,7 +140,7 @@ def run_backbone(arch, steps, threads, repeat, md_steps, workdir):
     from polyget.train.trainer import Trainer
 
     cfg = yaml.safe_load(open(CONFIGS[arch]))
-    cfg["data"]["train"] = str(REPO / cfg["data"]["train"])
+    cfg["data"]["train"] = str((CONFIGS[arch].parent / cfg["data"]["train"]).resolve())
     cfg["training"].update(max_steps=steps, val_every=steps, threads=threads)
     cfg["output"] = str(Path(workdir) / arch)
     tr = Trainer(cfg, quiet=True)

@@ -176,10 +176,10 @@ def test_no_neighbours_and_edges_beyond_cutoff():
     assert abs(e_skin - e_ref) < 1e-12
 
 
-def test_receptive_field_is_num_layers_plus_one_hops():
-    """An atom's energy changes when an atom num_layers + 1 hops away moves, not one further."""
+def test_receptive_field_is_num_layers_hops():
+    """An atom's energy changes when an atom num_layers hops away moves, not num_layers + 1."""
     model = so3_model(torch.float64, num_layers=2, cutoff=2.0)
-    assert model.receptive_hops == 3
+    assert model.receptive_hops == 2
     chain = Atoms("C6", positions=[[1.5 * k, 0.0, 0.0] for k in range(6)])  # edges between neighbours only
 
     def atom0(pos):
@@ -188,7 +188,7 @@ def test_receptive_field_is_num_layers_plus_one_hops():
         return run(model, a, torch.float64)[2][0]
 
     base = chain.positions.copy()
-    for hop, expect_change in ((3, True), (4, False)):
+    for hop, expect_change in ((2, True), (3, False)):
         moved = base.copy()
         moved[hop, 1] += 0.1
         changed = abs(atom0(moved) - atom0(base)) > 1e-12
@@ -234,7 +234,7 @@ def test_torchscript_round_trip_equals_eager():
     assert (a["energy"] - b["energy"]).abs().max() < 1e-12
     assert (a["forces"] - b["forces"]).abs().max() < 1e-12
     assert loaded.cutoff == model.cutoff and loaded.num_layers == model.num_layers
-    assert loaded.receptive_hops == 3 and list(loaded.elements) == ["H", "C", "O"]
+    assert loaded.receptive_hops == 2 and list(loaded.elements) == ["H", "C", "O"]
     # and a float32 cast of the scripted module still runs in float32
     out32 = loaded.float()(g.species, g.edge_index, g.edge_vec.float())
     assert out32.dtype == torch.float32
@@ -316,8 +316,8 @@ def test_export_and_ase_calculator_on_the_jit_file(so3_ckpt, tmp_path):
     pt, jit = export(so3_ckpt, tmp_path / "so3.pt", dtype="float64")
     module, meta = load_torchscript(jit)
     assert meta["architecture"] == "so3krates"
-    assert meta["receptive_hops"] == 3 and meta["num_layers"] == 2 and meta["cutoff"] == 4.0
-    assert load(str(pt)).receptive_hops == 3
+    assert meta["receptive_hops"] == 2 and meta["num_layers"] == 2 and meta["cutoff"] == 4.0
+    assert load(str(pt)).receptive_hops == 2
     atoms = polymer_like(seed=5)
     ref = PolyGETCalculator(so3_ckpt, dtype="float64")
     via_jit = PolyGETCalculator(jit, dtype="float64")
@@ -333,14 +333,14 @@ def test_shipped_so3krates_config_builds_so3krates():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train-so3krates-mini.yaml")
     model = build_model(ModelConfig.from_dict({**cfg["model"], "elements": ["H", "C", "O"]}))
-    assert isinstance(model, SO3krates) and model.receptive_hops == 4 and model.max_degree == 3
+    assert isinstance(model, SO3krates) and model.receptive_hops == 3 and model.max_degree == 3
 
 
 # ---------------------------------------------------------------- pieces (per-layer halo exchange)
 
 def test_pieces_attributes_and_ghost_rows():
     model = so3_model(num_layers=3)
-    assert model.num_exchanges == 3 and model.receptive_hops == 4
+    assert model.num_exchanges == 3 and model.receptive_hops == 3
     s = torch.jit.script(model)
     assert s.num_exchanges == 3 and s.num_layers == 3
     g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)

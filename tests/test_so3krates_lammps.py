@@ -1,12 +1,12 @@
 """SO3krates in the engines: the C++ core, `pair_style mliap unified` and `pair_style polyget`.
 
-A tiny float64 SO3krates export (32 features, 2 layers = 3 hops, cutoff 4 A, l_max 3) against the
+A tiny float64 SO3krates export (32 features, 2 layers = 2 hops, cutoff 4 A, l_max 3) against the
 ASE calculator on its checkpoint, to 1e-8:
 
 - polyget._core: whole-graph compute and the per-layer halo exchange (compute_halo), which
   exchanges (x, ev) rows: 32 + 15 = 47 numbers per atom;
 - mliap unified, isolated and periodic (ghostneigh 0 and 1), and 1, 2, 3 MPI ranks on a periodic
-  melt (comm_modify cutoff = 3 hops x 4 A + skin);
+  melt (comm_modify cutoff = 2 hops x 4 A + skin);
 - pair_style polyget on 1, 2, 3 ranks with `ghosts exchange` (per-layer exchange), `ghosts shell`
   (ghost atoms out to hops x cutoff) and the default.
 
@@ -102,7 +102,7 @@ def test_mliap_matches_ase(so3, tmp_path, structure, ghost):
     require_lammps()
     atoms = isolated() if structure == "isolated" else periodic()
     ref = ase_reference(so3["ckpt"], atoms)
-    post = "comm_modify cutoff 14.0" if ghost and structure == "periodic" else ""
+    post = "comm_modify cutoff 10.0" if ghost and structure == "periodic" else ""
     close(single_point(tmp_path, so3["pt"], atoms, ghost=ghost, post=post), ref)
 
 
@@ -113,7 +113,7 @@ def mliap_melt(so3, tmp_path_factory):
     out = {"ref": ase_reference(so3["ckpt"], atoms)}
     for n in (1, 2, 3):
         out[n] = single_point(tmp_path_factory.mktemp("so3_mliap_np%d" % n), so3["pt"], atoms,
-                              nprocs=n, ghost=1, post="comm_modify cutoff 14.0", skin=2.0)
+                              nprocs=n, ghost=1, post="comm_modify cutoff 10.0", skin=2.0)
     return out
 
 
@@ -150,6 +150,6 @@ def test_pair_polyget_matches_ase(polyget_melt, ghosts, n):
     np.testing.assert_allclose(res["stress"], ref["stress"], atol=1e-9, rtol=0)
     log = polyget_melt[ghosts, n, "log"]
     if ghosts == "shell":
-        assert "3 hops x 4 A" in log
+        assert "2 hops x 4 A" in log
     else:  # auto picks the per-layer exchange for a file with pieces: (x, ev) rows of 32 + 15
         assert "ghosts exchange" in log and "exchanged 2 times per step (47 numbers per atom)" in log

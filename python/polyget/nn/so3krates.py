@@ -19,14 +19,12 @@ no [N, F, M] equivariant features. One layer (a "Euclidean transformer block") i
 * a residual MLP, the interaction (exchange) block ``[dx, c] = W [x, ||ev||_l]``,
   ``x += dx``, ``ev^l += c^l ev^l``, and a second residual MLP.
 
-``x`` starts as an element embedding and ``ev`` as the neighbourhood embedding
-``ev_i = sum_j C(r_ij) Y(r_ij / r_ij) / (1 + sum_j C(r_ij))`` (the SPHC initialisation of the
-original SO3krates, here with a smooth density normalisation; the sparse ``mlff`` code also
-offers zeros). The per-atom energy is an MLP of the final ``x``. Every
-message is multiplied by the cosine cutoff C(r) (value and slope zero at r_c), so energies and
-forces are continuous when a neighbour crosses the cutoff. An atom's energy depends on atoms up
-to ``num_layers + 1`` edges away (``receptive_hops``: the EV embedding is one hop, each layer
-one more), as for the ET.
+``x`` starts as an element embedding and ``ev`` at zero (as in the sparse ``mlff`` code; a
+density-normalised neighbourhood embedding of ``ev``, as in the first SO3krates, was tried and
+trained worse on our mini set: experiments/results). The per-atom energy is an MLP of the final
+``x``. Every message is multiplied by the cosine cutoff C(r) (value and slope zero at r_c), so
+energies and forces are continuous when a neighbour crosses the cutoff. An atom's energy depends
+on atoms up to ``num_layers`` edges away (``receptive_hops = num_layers``: one hop per layer).
 """
 
 import math
@@ -224,8 +222,8 @@ class SO3krates(nn.Module):
         self.cutoff: float = float(config.cutoff)
         self.num_layers: int = int(config.num_layers)
         self.max_degree: int = int(config.max_degree)
-        # the EV embedding is one message-passing hop, then one per layer
-        self.receptive_hops: int = int(config.num_layers) + 1
+        # element-only embedding (ev starts at zero), then one hop per layer
+        self.receptive_hops: int = int(config.num_layers)
         # per-layer halo exchange (embed/interact/readout): (x, ev) exchanged before every layer
         self.num_exchanges: int = int(config.num_layers)
         self.num_rbf: int = int(config.num_rbf)
@@ -283,16 +281,16 @@ class SO3krates(nn.Module):
     @torch.jit.export
     def embed(self, species: Tensor, edge_index: Tensor, feats: Tensor, n_local: int
               ) -> Tuple[Tensor, Tensor]:
-        """Element embedding x [N, F] and the neighbourhood embedding of the Euclidean variables
-        ev_i = sum_j C(r_ij) Y(r_ij / r_ij) / (1 + sum_j C(r_ij)) [N, M] (one message-passing hop;
-        the smooth normalisation keeps |ev_i^l| < 1 whatever the density)."""
+        """Element embedding x [N, F] and Euclidean variables ev [N, M] = 0 (no message passing).
+
+        ev is built as a zero-weighted sum over the edges, exactly zero with an exactly zero
+        gradient, so that it lies on the autograd path of the edge vectors: engines that exchange
+        (x, ev) before every layer then run one reverse exchange per forward exchange (the C++
+        core checks this; a position-independent first exchange would be skipped by autograd)."""
         _, cut, ylm = self._unpack(feats)
         x = self.embedding(species)
-        n = x.shape[0]
-        i = edge_index[0]
-        ev = torch.zeros(n, ylm.shape[1], dtype=x.dtype, device=x.device).index_add_(0, i, cut.unsqueeze(-1) * ylm)
-        weight = torch.ones(n, dtype=x.dtype, device=x.device).index_add_(0, i, cut)
-        ev = ev / weight.unsqueeze(-1)
+        ev = torch.zeros(x.shape[0], ylm.shape[1], dtype=x.dtype, device=x.device)
+        ev = ev.index_add_(0, edge_index[0], ylm * (0.0 * cut.unsqueeze(-1)))
         return self._owned_rows(x, n_local), self._owned_rows(ev, n_local)
 
     @torch.jit.export
