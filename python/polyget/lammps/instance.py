@@ -169,6 +169,12 @@ class LammpsInstance:
 
     def variable(self, name: str) -> Optional[float]:
         """Value of an equal-style variable, None if it is not defined."""
+        # ask first: lammps_extract_variable prints an ERROR line for an unknown name
+        if hasattr(self.lib, "lammps_has_id"):
+            self.lib.lammps_has_id.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+            self.lib.lammps_has_id.restype = ctypes.c_int
+            if not self.lib.lammps_has_id(self.ptr, b"variable", name.encode()):
+                return None
         p = self.lib.lammps_extract_variable(self.ptr, name.encode(), None)
         if not p:
             return None
