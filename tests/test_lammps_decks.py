@@ -37,9 +37,12 @@ SHORT = {"demo.in": 10, "nvt_15loop.in": 10, "nve_15loop.in": 20, "mpi_15loop.in
          "melt_nvt.in": 10}
 
 
+OWN_TEST = {"melt_equil.in"}  # decks with a test of their own below
+
+
 def test_every_deck_is_listed():
     names = {p.name for p in deck_files()}
-    assert names == set(SHORT), "add new decks to SHORT in this test: %s" % sorted(names)
+    assert names == set(SHORT) | OWN_TEST, "add new decks to SHORT in this test: %s" % sorted(names)
 
 
 @pytest.mark.parametrize("deck", sorted(SHORT))
@@ -59,6 +62,27 @@ def test_melt_deck_on_two_ranks(tiny, tmp_path):
     proc = run_lmp("", tmp_path, nprocs=2, deck_path=REPO / "inputs" / "melt_nvt.in", cwd=REPO,
                    name="melt2.in", variables={"model": tiny["pt"], "steps": 10})
     assert "Loop time" in proc.stdout
+
+
+def test_melt_equil_deck_on_a_fresh_melt(tiny, tmp_path):
+    """`polyget melt` -> inputs/melt_equil.in (pair_style polyget, per-layer exchange) on 2
+    ranks: compress to 1.05 g/cm^3, NVT, NPT, write_data (shortened)."""
+    require_mpirun()
+    from polyget.data.melt import build_melt, write_lammps_data
+
+    atoms = build_melt("LAC2", 3, n_chains=6, density=1.0, seed=2)
+    write_lammps_data(tmp_path / "melt.data", atoms, "test melt")
+    jit = str(tiny["pt"])[:-3] + ".jit.pt"
+    proc = run_lmp("", tmp_path, nprocs=2, deck_path=REPO / "inputs" / "melt_equil.in",
+                   cwd=tmp_path, name="melt_equil.in",
+                   variables={"model": jit, "data": tmp_path / "melt.data", "rho": 1.05,
+                              "compress": 4, "nvt": 4, "npt": 4})
+    out = proc.stdout
+    assert "ghosts exchange" in out and "ERROR" not in out, out[-2000:]
+    assert out.count("Loop time") == 3
+    m = re.search(r"melt_equil: 216 atoms, box \S+ A at (\S+) g/cm\^3 -> (\S+) A at 1.05", out)
+    assert m and abs(float(m.group(1)) - 1.0) < 1e-3, out[-2000:]
+    assert (tmp_path / "melt_equil.data").is_file()
 
 
 def test_slurm_example_is_valid_bash():
