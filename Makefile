@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-python setup-lammps setup-native test demo bench data-mini data-full clean
+.PHONY: setup setup-python setup-lammps setup-native test demo bench data-mini data-full data-v1 clean
 
 setup: setup-python setup-lammps setup-native
 
@@ -53,6 +53,12 @@ bench: setup
 data-mini: setup-python
 	OMP_NUM_THREADS=1 $(VENV)/bin/polyget data generate --preset mini --workers 2 -o build/poly-mini
 	cp build/poly-mini/poly-mini-gfn2.* data/
+
+# Dataset v1 (docs/data.md): ~1 CPU-hour of GFN2 + ~1.5 of PBE; resumable (re-run to continue).
+# BLAS=/path/libopenblas.so.0 preloads a faster BLAS for tblite (docs/data.md says how to get one).
+data-v1: setup-python
+	bash scripts/make_dataset_v1.sh
+	bash scripts/ship_dataset_v1.sh
 
 data-full: setup-python
 	OMP_NUM_THREADS=1 $(VENV)/bin/polyget data generate --preset full --workers 2 -o build/poly24

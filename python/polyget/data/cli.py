@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", required=True, help="output .extxyz")
 
     s = sub.add_parser("generate", help="build + sample (MD, rattle) + label, resumable")
-    s.add_argument("--preset", choices=["mini", "full"], default=None)
+    s.add_argument("--preset", choices=["mini", "full", "v1"], default=None)
     s.add_argument("--families", default=None, help="'all', a category, or CK1,LAC2,...")
     s.add_argument("--monomer", action="append", default=[], metavar="NAME=SMILES",
                    help="your own cyclic monomer (repeatable), e.g. CL='O=C1CCCCCO1'; "
@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--method", required=True, help="gfn2, pbe, ase:module:Class")
     s.add_argument("--calc-kwargs", default=None)
     s.add_argument("--max-atoms", type=int, default=None)
+    s.add_argument("--max-loop", type=int, default=None,
+                   help="only frames of loops up to this size (1 = monomers)")
     s.add_argument("--n-frames", type=int, default=None,
                    help="label only this many frames, spread over (family, loop)")
     s.add_argument("--seed", type=int, default=0)
@@ -105,6 +107,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+")
     s.add_argument("--plot", default=None, help="write the per-family Fig. 2 plot here (.png)")
     s.add_argument("--json", default=None, help="also write the table as JSON")
+
+    s = sub.add_parser("pack", help="rewrite a dataset compactly (.extxyz.xz, rounded numbers) "
+                                    "with its manifest, for shipping")
+    s.add_argument("input")
+    s.add_argument("output", help="e.g. data/NAME.extxyz.xz")
+    s.add_argument("--decimals", type=int, default=5,
+                   help="decimals kept for positions (A) and forces (eV/A); default 5")
+
+    s = sub.add_parser("report", help="cost per kept frame and force distribution per sampler "
+                                      "of a `generate` output folder")
+    s.add_argument("outdir")
+    s.add_argument("--json", default=None, help="also write the numbers as JSON")
+    s.add_argument("--md", default=None, help="also write the tables as markdown")
 
     s = sub.add_parser("compare", help="force/energy agreement of two labellings (by frame_id)")
     s.add_argument("reference")
@@ -148,27 +163,66 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-def _build_md_loops(cfg, fams: str, out: str, L: int = 15) -> None:
-    """Relaxed, labelled L-loops (MD test systems only) -> OUT/<name>-loops15.extxyz;
-    resumable (families already in the file are skipped)."""
+def _manifest_path(path: str) -> str:
+    base = str(path)
+    for ext in (".gz", ".xz", ".extxyz", ".xyz"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+    return base + ".manifest.json"
+
+
+def _build_md_loops(cfg, fams: str, out: str, L: int = 15, n_frames: int | None = None) -> None:
+    """Labelled L-loops (MD test systems only) -> OUT/<name>-loops<L>.extxyz: the relaxed
+    structure plus, when the preset samples with MMFF (v1), `n_frames` MMFF94 Langevin MD
+    frames at 300 K and 600 K (half each). Resumable by frame_id."""
+    from ase import Atoms
+
     from . import io as dio
     from .build import build, relax
     from .families import parse_families
     from .labels import label, make_calculator, method_name
 
     path = os.path.join(out, f"{cfg.name}-loops{L}.extxyz")
-    have = {a.info["family"] for a in dio.read_complete(path)}
+    have = {a.info["frame_id"] for a in dio.read_complete(path)}
     calc = make_calculator(cfg.method, **cfg.calc_kwargs)
+    if n_frames is None:
+        n_frames = 30 if cfg.mmff_frames else 0
     for fam in parse_families(fams):
-        if fam.index in have:
+        base = f"{fam.index}_L{L}"
+        want = [f"{base}/relaxed"] + [f"{base}/t{t}/{k}" for t in (0, 1)
+                                      for k in range((n_frames + 1 - t) // 2)]
+        if all(w in have for w in want):
             continue
         at = build(fam, L, n_conf=1, seed=cfg.seed)[0]
-        at = relax(at, calc, fmax=cfg.relax_fmax, steps=cfg.relax_steps)
-        lab = label(at, calc, cfg.method)
-        lab.info.update(method=method_name(cfg.method), config_type="relaxed",
-                        frame_id=f"{fam.index}_L{L}/relaxed")
-        dio.append_frame(path, lab)
-        print(f"{fam.index} {L}-loop: {len(at)} atoms -> {path}")
+        mm = None
+        if cfg.mmff_minimize or n_frames:
+            from .mmff import MMFFCalculator, loop_molh
+            mm = MMFFCalculator(loop_molh(fam.smiles, L))
+            at = mm.minimize(at)
+        if cfg.relax_steps > 0:
+            at = relax(at, calc, fmax=cfg.relax_fmax, steps=cfg.relax_steps)
+        info = dict(family=fam.index, loop=L, smiles=fam.smiles, method=method_name(cfg.method),
+                    system=base)
+        if f"{base}/relaxed" not in have:
+            lab = label(at, calc, cfg.method)
+            lab.info.update(info, config_type="relaxed", frame_id=f"{base}/relaxed")
+            dio.append_frame(path, lab)
+        for t, T in ((0, 300.0), (1, 600.0)):
+            n_t = (n_frames + 1 - t) // 2
+            if n_t == 0 or all(f"{base}/t{t}/{k}" in have for k in range(n_t)):
+                continue
+            from .mmff import mmff_md_positions
+            pos = mmff_md_positions(at, mm, temperature_K=T, n_frames=n_t, stride=cfg.mmff_stride,
+                                    equil_steps=cfg.mmff_equil, seed=cfg.seed * 100 + 15 + t)
+            for k, p in enumerate(pos):
+                fid = f"{base}/t{t}/{k}"
+                if fid in have:
+                    continue
+                lab = label(Atoms(at.get_chemical_symbols(), positions=p), calc, cfg.method)
+                lab.info.update(info, config_type="mmff-md", temperature=T, traj=t, step=k,
+                                frame_id=fid)
+                dio.append_frame(path, lab)
+        print(f"{fam.index} {L}-loop: {len(at)} atoms, {1 + n_frames} frames -> {path}")
 
 
 def _dispatch(args) -> int:
@@ -242,7 +296,7 @@ def _dispatch(args) -> int:
             print(f"{len(man['system_errors'])} system(s) failed: "
                   f"{', '.join(man['system_errors'])} (see the manifest)", file=sys.stderr)
         md_loops = args.md_loops
-        if md_loops is None and args.preset == "full":
+        if md_loops is None and args.preset in ("full", "v1"):
             md_loops = "CK6,OTH4,LAC2,LAC5"
         if md_loops:
             _build_md_loops(cfg, md_loops, args.out)
@@ -265,7 +319,7 @@ def _dispatch(args) -> int:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
         res = label_file(args.input, args.out, args.method, _kwargs(args.calc_kwargs),
                          workers=args.workers, threads=args.threads, max_atoms=args.max_atoms,
-                         n_frames=args.n_frames, seed=args.seed,
+                         max_loop=args.max_loop, n_frames=args.n_frames, seed=args.seed,
                          progress_bar=not args.no_progress, blas_preload=args.blas_preload)
         print(json.dumps(res))
         return 0 if res["failed"] == 0 else 1
@@ -282,6 +336,37 @@ def _dispatch(args) -> int:
         if args.plot:
             plot_fig2(frames, args.plot)
             print(f"wrote {args.plot}")
+        return 0
+
+    if args.cmd == "pack":
+        from .io import read_frames, write_frames
+
+        frames = read_frames(args.input)
+        write_frames(args.output, frames, decimals=args.decimals)
+        size = os.path.getsize(args.output)
+        src_man = _manifest_path(args.input)
+        if os.path.exists(src_man):
+            man = json.loads(open(src_man).read())
+            man["file"] = os.path.basename(args.output)
+            man["packed"] = {"from": os.path.basename(args.input), "decimals": args.decimals,
+                             "size_bytes": size, "n_frames": len(frames)}
+            with open(_manifest_path(args.output), "w") as fh:
+                json.dump(man, fh, indent=1)
+        print(f"{len(frames)} frames -> {args.output} ({size / 1e6:.1f} MB)")
+        return 0
+
+    if args.cmd == "report":
+        from .stats import format_sampler_report, sampler_report
+
+        rep = sampler_report(args.outdir)
+        text = format_sampler_report(rep)
+        print(text)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rep, fh, indent=1)
+        if args.md:
+            with open(args.md, "w") as fh:
+                fh.write(text + "\n")
         return 0
 
     if args.cmd == "compare":

@@ -85,12 +85,38 @@ def read_complete(path: str | os.PathLike, truncate: bool = True) -> list[Atoms]
     return ase.io.read(io.StringIO(text[:end]), ":", format="extxyz")
 
 
+def compact_frame_text(atoms: Atoms, decimals: int = 5) -> str:
+    """extxyz text of a labelled frame with positions and forces rounded to `decimals` places
+    (1e-5 A and eV/A by default: far below any model's error, ~40 % smaller once compressed).
+    The comment line (energy, info) is ASE's own, so any extxyz reader reads the result."""
+    import numpy as np
+
+    head = frame_text(atoms, ("momenta",)).split("\n", 2)
+    props = "Properties=species:S:1:pos:R:3:forces:R:3"
+    if props not in head[1]:
+        raise ValueError(f"compact extxyz needs exactly positions and forces, got {head[1]!r}")
+    sym = atoms.get_chemical_symbols()
+    data = np.hstack([atoms.get_positions(), atoms.get_forces()])
+    fmt = " ".join([f"%.{decimals}f"] * 6)
+    lines = [f"{s} " + (fmt % tuple(r)) for s, r in zip(sym, data)]
+    return head[0] + "\n" + head[1] + "\n" + "\n".join(lines) + "\n"
+
+
 def write_frames(path: str | os.PathLike, frames: list[Atoms],
-                 drop_arrays: tuple[str, ...] = ("momenta",)) -> None:
-    """Write frames to .extxyz or .extxyz.gz (gzip with a fixed mtime: reproducible bytes)."""
+                 drop_arrays: tuple[str, ...] = ("momenta",), decimals: int | None = None) -> None:
+    """Write frames to .extxyz, .extxyz.gz (gzip with a fixed mtime: reproducible bytes) or
+    .extxyz.xz (xz, smallest; for shipped data). `decimals` rounds positions and forces
+    (`compact_frame_text`)."""
     path = Path(path)
-    text = "".join(frame_text(a, drop_arrays) for a in frames)
-    if path.suffix == ".gz":
+    if decimals is None:
+        text = "".join(frame_text(a, drop_arrays) for a in frames)
+    else:
+        text = "".join(compact_frame_text(a, decimals) for a in frames)
+    if path.suffix == ".xz":
+        import lzma
+        with lzma.open(path, "wb", preset=9 | lzma.PRESET_EXTREME) as fh:
+            fh.write(text.encode())
+    elif path.suffix == ".gz":
         with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
                                                    filename="") as gz:
             gz.write(text.encode())
@@ -99,5 +125,14 @@ def write_frames(path: str | os.PathLike, frames: list[Atoms],
 
 
 def read_frames(path: str | os.PathLike) -> list[Atoms]:
-    """Read every frame of an extxyz (optionally .gz) file."""
-    return ase.io.read(str(path), ":")
+    """Read every frame of an extxyz (optionally .gz or .xz) file.
+
+    Compressed extxyz is decompressed into memory first: ase.io.read on the compressed stream
+    reads it line by line and is 10-25x slower (2.9 s gz / 7.1 s xz vs 0.26 s for 582 frames)."""
+    p = str(path)
+    if p.endswith((".extxyz.gz", ".xyz.gz", ".extxyz.xz", ".xyz.xz")):
+        opener = gzip.open if p.endswith(".gz") else __import__("lzma").open
+        with opener(p, "rt") as fh:
+            text = fh.read()
+        return ase.io.read(io.StringIO(text), ":", format="extxyz")
+    return ase.io.read(p, ":")

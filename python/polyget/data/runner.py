@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 
 from . import io as dio
 from .families import get_family
@@ -49,6 +50,16 @@ class SampleConfig:
     friction_per_fs: float = 0.02
     relax_steps: int = 30                # FIRE steps of the short reference relaxation
     relax_fmax: float = 0.1
+    md_trajs: int | None = None          # conformers that get reference MD (None: all n_conf)
+    # cheap samplers (no reference calls between frames; every kept frame is labelled)
+    mmff_minimize: bool = False          # MMFF94-minimise the starting conformers first
+    mmff_frames: int = 0                 # MMFF94 Langevin MD frames per conformer
+    mmff_temperatures: list[float] = field(default_factory=lambda: [300.0, 500.0, 700.0, 900.0])
+    mmff_stride: int = 50                # MMFF steps (1 fs) between kept frames
+    mmff_equil: int = 200
+    nm_frames: int = 0                   # normal-mode displacement frames per conformer
+    nm_temperatures: list[float] = field(default_factory=lambda: [300.0, 600.0])
+    dedup_rmsd: float = 0.0              # drop frames within this RMSD (A) of a kept one
     seed: int = 0
     name: str = "poly"
     monomers: dict = field(default_factory=dict)   # user monomers {NAME: SMILES}
@@ -73,6 +84,14 @@ class SampleConfig:
             str(loop), self.rattle_frames)))
         return md, rt
 
+    def n_md_trajs(self) -> int:
+        return self.n_conf if self.md_trajs is None else min(int(self.md_trajs), self.n_conf)
+
+    def planned(self, loop: int) -> int:
+        """Frames planned for one system of loop size `loop` (before de-duplication)."""
+        md, rt = self.frames_for(loop)
+        return self.n_md_trajs() * md + self.n_conf * (rt + self.mmff_frames + self.nm_frames)
+
 
 PRESETS: dict[str, dict] = {
     # The shipped small dataset data/poly-mini-gfn2.extxyz.gz (a few hundred frames).
@@ -87,6 +106,18 @@ PRESETS: dict[str, dict] = {
     "full": dict(method="gfn2", name="poly24-gfn2", families=["all"],
                  loops=[1, 2, 3, 4, 5, 6], n_conf=5, temperatures=[300.0, 400.0, 500.0, 600.0],
                  md_frames=24, rattle_frames=6, stride=20, equil_steps=40, relax_steps=30),
+    # Dataset v1 (docs/data.md): 24 families x L = 1..6, 4 conformers per system. Most frames
+    # come from cheap dynamics labelled by GFN2 (MMFF94 Langevin MD at 300-900 K, normal-mode
+    # displacements at 300/600 K, rattles); a smaller share is true GFN2 Langevin MD (one 500 K
+    # trajectory per system) so the reference method's own thermal distribution is there.
+    # 4 * (23 + 8 + 3) + 10 = 146 frames per system, 21,024 planned, near-duplicates removed.
+    "v1": dict(method="gfn2", name="poly24-v1-gfn2", families=["all"],
+               loops=[1, 2, 3, 4, 5, 6], n_conf=4, temperatures=[500.0],
+               md_trajs=1, md_frames=10, stride=6, equil_steps=12, rattle_frames=3,
+               relax_steps=0, mmff_minimize=True, mmff_frames=23,
+               mmff_temperatures=[300.0, 500.0, 700.0, 900.0], mmff_stride=25,
+               mmff_equil=100, nm_frames=8, nm_temperatures=[300.0, 600.0],
+               dedup_rmsd=0.05),
 }
 # The held-out DFT check of the full preset: PBE/def2-SVP labels of GFN2 frames of the smallest
 # systems (<= 30 atoms), spread over families.
@@ -115,9 +146,13 @@ def _versions() -> dict:
 
 
 def run_system(cfg: SampleConfig, family: str, loop: int, outdir: str, progress=None) -> dict:
-    """Build, relax and sample one system; resumable. Returns a summary dict."""
-    from .build import build, relax
-    from .labels import make_calculator, method_name
+    """Build, relax and sample one system; resumable. Returns a summary dict.
+
+    Trajectory ids (`traj` in info and frame_id), for conformer c of n = n_conf:
+    c: reference MD, n + c: rattles, 2n + c: MMFF MD, 3n + c: normal modes.
+    """
+    from .build import MIN_PAIR_DISTANCE, build, min_pair_distance, n_fragments, relax
+    from .labels import LabelError, label, make_calculator, method_name
     from .sampling import TrajectoryStopped, md_frames, rattle_frames
 
     t0 = time.perf_counter()
@@ -130,6 +165,10 @@ def run_system(cfg: SampleConfig, family: str, loop: int, outdir: str, progress=
     mname = method_name(cfg.method)
     n_md, n_rt = cfg.frames_for(loop)
     seed = cfg.seed * 1000 + loop
+    mmff = None
+    if cfg.mmff_minimize or cfg.mmff_frames or cfg.nm_frames:
+        from .mmff import MMFFCalculator, loop_molh
+        mmff = MMFFCalculator(loop_molh(fam.smiles, loop))
 
     # 1. starting conformers (cached)
     spath = out / "structures" / f"{sysname}.extxyz"
@@ -137,6 +176,8 @@ def run_system(cfg: SampleConfig, family: str, loop: int, outdir: str, progress=
     if len(confs) < cfg.n_conf:
         raw = build(fam, loop, n_conf=cfg.n_conf, seed=seed)
         for c in raw[len(confs):]:
+            if mmff is not None and cfg.mmff_minimize:
+                c = mmff.minimize(c)
             if cfg.relax_steps > 0:
                 c = relax(c, calc, fmax=cfg.relax_fmax, steps=cfg.relax_steps)
             c.calc = None
@@ -151,9 +192,21 @@ def run_system(cfg: SampleConfig, family: str, loop: int, outdir: str, progress=
     by_traj: dict[int, list] = {}
     for a in existing:
         by_traj.setdefault(int(a.info["traj"]), []).append(a)
+    dedup = None
+    if cfg.dedup_rmsd > 0:
+        from .mmff import Deduper
+        dedup = Deduper(cfg.dedup_rmsd)
+        for a in existing:
+            dedup.add(a.get_positions())
     timing = json.loads(tpath.read_text()) if tpath.exists() else {"calls": 0, "seconds": 0.0}
+    timing.setdefault("samplers", {})
     timer = {"calls": 0, "seconds": 0.0}
     n_new = n_fail = 0
+
+    def stats(name):
+        return timing["samplers"].setdefault(name, {"kept": 0, "label_calls": 0,
+                                                    "label_s": 0.0, "dynamics_s": 0.0,
+                                                    "duplicates": 0, "rejected": 0})
 
     def log_fail(traj, k, msg):
         nonlocal n_fail
@@ -162,31 +215,92 @@ def run_system(cfg: SampleConfig, family: str, loop: int, outdir: str, progress=
             fh.write(json.dumps({"system": sysname, "traj": traj, "index": k,
                                  "reason": msg}) + "\n")
 
-    def emit(fr, traj):
+    def emit(fr, traj, sampler):
         nonlocal n_new
         fr.info.update(family=fam.index, loop=int(loop), smiles=fam.smiles, method=mname,
                        system=sysname, frame_id=f"{sysname}/t{traj}/{fr.info['step']}")
         dio.append_frame(fpath, fr)
+        if dedup is not None:
+            dedup.add(fr.get_positions())
+        stats(sampler)["kept"] += 1
         n_new += 1
         if progress is not None:
             progress.put(1)
 
+    def timed(sampler, fn):
+        """Run a reference-calling generator step, charging its calls to `sampler`."""
+        c0, s0 = timer["calls"], timer["seconds"]
+        res = fn()
+        st = stats(sampler)
+        st["label_calls"] += timer["calls"] - c0
+        st["label_s"] += timer["seconds"] - s0
+        return res
+
+    def label_positions(pos_list, conf, tid, sampler, extra):
+        """Label each candidate position set not yet written (by index), skipping broken and
+        duplicate geometries."""
+        have = {int(a.info["step"]) for a in by_traj.get(tid, [])}
+        n_frag0 = n_fragments(conf)
+        for k, pos in enumerate(pos_list):
+            if k in have:
+                continue
+            st = stats(sampler)
+            if not np.all(np.isfinite(pos)):      # a cheap trajectory that blew up
+                st["rejected"] += 1
+                continue
+            at = Atoms(conf.get_chemical_symbols(), positions=pos)
+            if min_pair_distance(at) < MIN_PAIR_DISTANCE or n_fragments(at) != n_frag0:
+                st["rejected"] += 1
+                continue
+            if dedup is not None and not dedup.is_new(pos):
+                st["duplicates"] += 1
+                continue
+            t = time.perf_counter()
+            try:
+                lab = label(at, calc)
+            except LabelError as exc:
+                log_fail(tid, k, str(exc))
+                continue
+            finally:
+                timer["calls"] += 1
+                timer["seconds"] += time.perf_counter() - t
+                st["label_calls"] += 1
+                st["label_s"] += time.perf_counter() - t
+            lab.info.update(step=k, traj=int(tid), config_type=sampler, **extra)
+            emit(lab, tid, sampler)
+
+    def flush_timing():
+        """Accumulate this run's reference-call counts into the timing file (per conformer, so
+        an interrupted run keeps what it measured)."""
+        timing["calls"] += timer["calls"]
+        timing["seconds"] += timer["seconds"]
+        timer["calls"], timer["seconds"] = 0, 0.0
+        timing["natoms"] = len(confs[0])
+        timing["seconds_per_call"] = timing["seconds"] / max(timing["calls"], 1)
+        tmp = tpath.with_suffix(".tmp")
+        tmp.write_text(json.dumps(timing))
+        os.replace(tmp, tpath)
+
     nc = cfg.n_conf
     for c in range(nc):
-        # MD trajectory c
+        # reference MD trajectory c
         done = by_traj.get(c, [])
         stopped = any(json.loads(x).get("traj") == c and json.loads(x).get("final")
                       for x in (failpath.read_text().splitlines() if failpath.exists() else []))
-        if len(done) < n_md and not stopped:
+        if c < cfg.n_md_trajs() and len(done) < n_md and not stopped:
             T = cfg.temperatures[c % len(cfg.temperatures)]
+            gen = md_frames(confs[c], calc, temperature_K=T, n_frames=n_md,
+                            stride=cfg.stride, timestep_fs=cfg.timestep_fs,
+                            friction_per_fs=cfg.friction_per_fs,
+                            equil_steps=cfg.equil_steps, seed=seed, traj=c,
+                            resume=done[-1] if done else None, frames_done=len(done),
+                            timer=timer)
             try:
-                for fr in md_frames(confs[c], calc, temperature_K=T, n_frames=n_md,
-                                    stride=cfg.stride, timestep_fs=cfg.timestep_fs,
-                                    friction_per_fs=cfg.friction_per_fs,
-                                    equil_steps=cfg.equil_steps, seed=seed, traj=c,
-                                    resume=done[-1] if done else None, frames_done=len(done),
-                                    timer=timer):
-                    emit(fr, c)
+                while True:
+                    fr = timed("md", lambda: next(gen, None))
+                    if fr is None:
+                        break
+                    emit(fr, c, "md")
             except TrajectoryStopped as exc:
                 log_fail(c, None, str(exc))
                 with open(failpath, "a") as fh:  # mark: do not retry this trajectory
@@ -195,15 +309,40 @@ def run_system(cfg: SampleConfig, family: str, loop: int, outdir: str, progress=
         if n_rt > 0:
             tid = nc + c
             have = {int(a.info["step"]) for a in by_traj.get(tid, [])}
-            for fr in rattle_frames(confs[c], calc, n_frames=n_rt, sigma=cfg.rattle_sigma,
-                                    seed=seed, traj=tid, skip=have, timer=timer,
-                                    on_fail=lambda k, m, tid=tid: log_fail(tid, k, m)):
-                emit(fr, tid)
-    timing["calls"] += timer["calls"]
-    timing["seconds"] += timer["seconds"]
-    timing["natoms"] = len(confs[0])
-    timing["seconds_per_call"] = timing["seconds"] / max(timing["calls"], 1)
-    tpath.write_text(json.dumps(timing))
+            gen = rattle_frames(confs[c], calc, n_frames=n_rt, sigma=cfg.rattle_sigma,
+                                seed=seed, traj=tid, skip=have, timer=timer,
+                                on_fail=lambda k, m, tid=tid: log_fail(tid, k, m))
+            while True:
+                fr = timed("rattle", lambda: next(gen, None))
+                if fr is None:
+                    break
+                emit(fr, tid, "rattle")
+        # MMFF94 Langevin MD of conformer c (2 nc + c), labelled by the reference method
+        if cfg.mmff_frames > 0:
+            from .mmff import mmff_md_positions
+            tid = 2 * nc + c
+            if len(by_traj.get(tid, [])) < cfg.mmff_frames:
+                T = cfg.mmff_temperatures[c % len(cfg.mmff_temperatures)]
+                t = time.perf_counter()
+                pos = mmff_md_positions(confs[c], mmff, temperature_K=T,
+                                        n_frames=cfg.mmff_frames, stride=cfg.mmff_stride,
+                                        equil_steps=cfg.mmff_equil, seed=seed * 100 + tid)
+                stats("mmff-md")["dynamics_s"] += time.perf_counter() - t
+                label_positions(pos, confs[c], tid, "mmff-md", {"temperature": float(T)})
+        # normal-mode displacements of conformer c (3 nc + c) from its MMFF Hessian
+        if cfg.nm_frames > 0:
+            from .mmff import mmff_hessian, normal_mode_positions
+            tid = 3 * nc + c
+            if len(by_traj.get(tid, [])) < cfg.nm_frames:
+                T = cfg.nm_temperatures[c % len(cfg.nm_temperatures)]
+                t = time.perf_counter()
+                x0 = mmff.minimize(confs[c]) if not cfg.mmff_minimize else confs[c]
+                pos = normal_mode_positions(x0, mmff_hessian(x0, mmff), temperature_K=T,
+                                            n_frames=cfg.nm_frames, seed=seed * 100 + tid)
+                stats("normal-mode")["dynamics_s"] += time.perf_counter() - t
+                label_positions(pos, x0, tid, "normal-mode", {"temperature": float(T)})
+        flush_timing()
+    flush_timing()
     return {"system": sysname, "family": fam.index, "loop": int(loop), "natoms": len(confs[0]),
             "new_frames": n_new, "failed": n_fail, "wall_s": time.perf_counter() - t0,
             "timing": timing}
@@ -225,8 +364,7 @@ def planned_frames(cfg: SampleConfig) -> dict[str, int]:
     out = {}
     for f in _families(cfg):
         for L in cfg.loops:
-            md, rt = cfg.frames_for(L)
-            out[system_name(f, L)] = cfg.n_conf * (md + rt)
+            out[system_name(f, L)] = cfg.planned(L)
     return out
 
 
@@ -380,7 +518,7 @@ def make_manifest(cfg, frames, counts, timings, failed, wall_s, fname) -> dict:
 
 def label_file(inp: str, outp: str, method: str, calc_kwargs: dict | None = None,
                workers: int = 1, threads: int = 1, max_atoms: int | None = None,
-               n_frames: int | None = None, seed: int = 0, progress_bar: bool = True,
+               max_loop: int | None = None, n_frames: int | None = None, seed: int = 0, progress_bar: bool = True,
                blas_preload: str | None = None) -> dict:
     """Label the frames of `inp` with `method`, appending to `outp` (resumable by frame_id).
 
@@ -394,6 +532,8 @@ def label_file(inp: str, outp: str, method: str, calc_kwargs: dict | None = None
     frames = dio.read_frames(inp)
     for i, a in enumerate(frames):
         a.info.setdefault("frame_id", f"{Path(inp).name}:{i}")
+    if max_loop is not None:
+        frames = [a for a in frames if int(a.info.get("loop", 1)) <= max_loop]
     sel = select_frames(frames, max_atoms=max_atoms, n_frames=n_frames, seed=seed)
     done = {a.info.get("frame_id") for a in dio.read_complete(outp)}
     failp = Path(str(outp) + ".failed.jsonl")
@@ -440,11 +580,13 @@ def label_file(inp: str, outp: str, method: str, calc_kwargs: dict | None = None
     res = {"selected": len(sel), "new": n_ok, "failed": n_fail,
            "already_done": len(sel) - len(todo), "wall_s": time.perf_counter() - t0,
            "seconds_per_frame": calls["seconds"] / max(calls["n"], 1)}
-    _label_manifest(inp, outp, method, calc_kwargs or {}, res, max_atoms, n_frames, seed)
+    _label_manifest(inp, outp, method, calc_kwargs or {}, res, max_atoms, n_frames, seed,
+                    max_loop)
     return res
 
 
-def _label_manifest(inp, outp, method, calc_kwargs, res, max_atoms, n_frames, seed):
+def _label_manifest(inp, outp, method, calc_kwargs, res, max_atoms, n_frames, seed,
+                    max_loop=None):
     """<outp minus extension>.manifest.json: method, settings, counts, timings (accumulated)."""
     from .labels import default_settings, method_name
 
@@ -468,7 +610,8 @@ def _label_manifest(inp, outp, method, calc_kwargs, res, max_atoms, n_frames, se
            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "source": str(inp), "method": method_name(method), "method_settings": settings,
            "units": {"energy": "eV", "forces": "eV/Angstrom", "length": "Angstrom"},
-           "selection": {"max_atoms": max_atoms, "n_frames": n_frames, "seed": seed},
+           "selection": {"max_atoms": max_atoms, "max_loop": max_loop, "n_frames": n_frames,
+                         "seed": seed},
            "versions": _versions(), "n_frames": len(done), "counts": counts,
            "wall_time_s": round(sum(r["wall_s"] for r in runs), 1), "runs": runs,
            "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(),

@@ -119,3 +119,58 @@ def compare(ref, other) -> dict:
             "force_r": float(np.corrcoef(fr, fo)[0, 1]),
             "mean_abs_force_ref": float(np.abs(fr).mean()),
             "energy_mae_per_atom": float(np.abs(d).mean())}
+
+
+def sampler_report(outdir) -> dict:
+    """Cost per kept frame and force distribution per sampler, from a `generate` output folder
+    (frames/*.timing.json and frames/*.extxyz).
+
+    Returns {"cost": {sampler: {...}}, "forces": {family: {sampler: {...}}}}. Seconds are wall
+    seconds of the worker process (reference calls and cheap dynamics separately)."""
+    import json
+    from pathlib import Path
+
+    from .io import read_complete
+
+    out = Path(outdir)
+    cost: dict = {}
+    for tp in sorted((out / "frames").glob("*.timing.json")):
+        for name, s in json.loads(tp.read_text()).get("samplers", {}).items():
+            c = cost.setdefault(name, {"kept": 0, "label_calls": 0, "label_s": 0.0,
+                                       "dynamics_s": 0.0, "duplicates": 0, "rejected": 0})
+            for k in c:
+                c[k] += s.get(k, 0)
+    for c in cost.values():
+        c["calls_per_kept"] = c["label_calls"] / max(c["kept"], 1)
+        c["seconds_per_kept"] = (c["label_s"] + c["dynamics_s"]) / max(c["kept"], 1)
+    forces: dict = {}
+    for fp in sorted((out / "frames").glob("*.extxyz")):
+        for a in read_complete(fp, truncate=False):
+            fam, smp = str(a.info.get("family", "?")), str(a.info.get("config_type", "?"))
+            forces.setdefault(fam, {}).setdefault(smp, []).append(
+                np.linalg.norm(a.get_forces(), axis=1))
+    fstats = {fam: {smp: {"frames": len(v), "mean": float(np.concatenate(v).mean()),
+                          "p50": float(np.percentile(np.concatenate(v), 50)),
+                          "p99": float(np.percentile(np.concatenate(v), 99)),
+                          "max": float(np.concatenate(v).max())}
+                    for smp, v in d.items()} for fam, d in forces.items()}
+    return {"cost": cost, "forces": fstats}
+
+
+def format_sampler_report(rep: dict) -> str:
+    """Markdown tables of `sampler_report`."""
+    lines = ["| sampler | kept frames | reference calls / kept frame | label s | dynamics s | "
+             "s / kept frame | near-duplicates dropped | broken geometries dropped |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, c in sorted(rep["cost"].items()):
+        lines.append(f"| {name} | {c['kept']} | {c['calls_per_kept']:.1f} | {c['label_s']:.0f} | "
+                     f"{c['dynamics_s']:.0f} | {c['seconds_per_kept']:.3f} | {c['duplicates']} | "
+                     f"{c['rejected']} |")
+    smps = sorted({s for d in rep["forces"].values() for s in d})
+    lines += ["", "|F| per atom (eV/A), mean / 99th percentile, per family and sampler:", "",
+              "| family | " + " | ".join(smps) + " |", "|---|" + "---|" * len(smps)]
+    for fam in sorted(rep["forces"]):
+        d = rep["forces"][fam]
+        cells = [f"{d[s]['mean']:.2f} / {d[s]['p99']:.2f}" if s in d else "-" for s in smps]
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -50,7 +50,11 @@ def read_frames(paths: Union[str, Sequence[str]], index: str = ":") -> list:
     for p in paths:
         if not Path(p).exists():
             raise DataError(f"dataset file {p} does not exist")
-        got = ase.io.read(str(p), index=index)
+        if index == ":":  # compressed extxyz: decompressed in memory first (10-25x faster)
+            from ..data.io import read_frames as _read_all
+            got = _read_all(p)
+        else:
+            got = ase.io.read(str(p), index=index)
         frames.extend(got if isinstance(got, list) else [got])
     if not frames:
         raise DataError(f"no structures found in {list(paths)}")
