@@ -605,8 +605,14 @@ void PairPolyGET::init_style()
     error->all(FLERR, "pair_style polyget: ghosts fold needs an atom map: add 'atom_modify map yes' "
                       "before read_data/create_box");
   if (ghost_mode == GHOSTS_AUTO)
-    mode = model->supports_halo() ? GHOSTS_EXCHANGE
+    // one rank with the compiled (AOTInductor) model: the whole periodic graph in one call of
+    // the package (fold) is 2-3x faster than TorchScript pieces with per-layer exchange
+    mode = (comm->nprocs == 1 && have_map && model->uses_aoti()) ? GHOSTS_FOLD
+        : model->supports_halo() ? GHOSTS_EXCHANGE
         : (comm->nprocs == 1 && have_map) ? GHOSTS_FOLD : GHOSTS_SHELL;
+  if (comm->me == 0)
+    utils::logmesg(lmp, "pair_style polyget: model runs as {} (loaded in {:.2f} s)\n",
+                   model->aoti_status(), model->load_seconds());
   else
     mode = ghost_mode;
 
