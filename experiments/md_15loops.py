@@ -100,7 +100,9 @@ def main(argv=None):
         wall = time.time() - t
         frames = ase.io.read(dump, ":", format="lammps-dump-text")
         sym = a0.get_chemical_symbols()
+        model_forces = [f.get_forces().copy() for f in frames]   # before the symbols change
         for f in frames:
+            f.calc = None
             f.set_chemical_symbols(sym)
         bonds = bonds_of(a0)
         d0 = np.linalg.norm(a0.positions[bonds[:, 0]] - a0.positions[bonds[:, 1]], axis=1)
@@ -119,7 +121,7 @@ def main(argv=None):
         fp, fr = [], []
         for k in pick:
             f = frames[k]
-            fp.append(f.get_forces())
+            fp.append(model_forces[k])
             lab = label(ase.Atoms(sym, positions=f.positions), gfn2)
             fr.append(lab.get_forces())
         fp, fr = np.concatenate(fp), np.concatenate(fr)
