@@ -610,11 +610,11 @@ void PairPolyGET::init_style()
     mode = (comm->nprocs == 1 && have_map && model->uses_aoti()) ? GHOSTS_FOLD
         : model->supports_halo() ? GHOSTS_EXCHANGE
         : (comm->nprocs == 1 && have_map) ? GHOSTS_FOLD : GHOSTS_SHELL;
+  else
+    mode = ghost_mode;
   if (comm->me == 0)
     utils::logmesg(lmp, "pair_style polyget: model runs as {} (loaded in {:.2f} s)\n",
                    model->aoti_status(), model->load_seconds());
-  else
-    mode = ghost_mode;
 
   comm_forward = comm_reverse = 0;
   if (mode == GHOSTS_FOLD) {
