@@ -18,8 +18,12 @@ import torch
 from conftest import polymer_like, tiny_model
 from polyget.nn.graph import atoms_to_graph, evaluate
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None and
-                                shutil.which("c++") is None, reason="no C++ compiler for AOTInductor")
+# Compiling a package takes minutes (more on a loaded 2-core machine): opt-in, so that
+# `make test` stays inside the CI budget. POLYGET_TEST_AOTI=1 runs these tests.
+_AOTI_OFF = pytest.mark.skipif(os.environ.get("POLYGET_TEST_AOTI") != "1",
+                               reason="AOTInductor compilation tests are opt-in: POLYGET_TEST_AOTI=1")
+pytestmark = [_AOTI_OFF, pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None and
+                                shutil.which("c++") is None, reason="no C++ compiler for AOTInductor")]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@
   (:mod:`polyget.contract`) for ``pair_style polyget``, ``polyget._core`` and the ASE calculator
   (the portable form; also what ``mliap unified`` runs, and what the per-layer halo exchange
   runs);
-* ``NAME.aoti.pt2`` (``--aoti``, the default of the command line): the AOTInductor package of
+* ``NAME.aoti.pt2`` (``--aoti``, opt-in: minutes of compilation, and the package of the current model has not yet
+  passed its eager check on the development machine): the AOTInductor package of
   the energy-and-forces function (polyget/compile.py), compiled for this machine's CPU (or
   GPU with ``--device cuda``). The TorchScript metadata names it (``aoti_package``) and both
   carry the weights' ``fingerprint`` (optional contract records); ``polyget._core`` and ``pair_style polyget`` run it for
@@ -231,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--device", default="cpu",
                    help="device the ML-IAP model runs on: cpu or cuda (falls back to the CPU "
                         "with a warning where CUDA is absent; POLYGET_DEVICE overrides at run time)")
-    p.add_argument("--aoti", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--aoti", action=argparse.BooleanOptionalAction, default=False,
                    help="also compile NAME.aoti.pt2 (AOTInductor; minutes on a small CPU, 2-3x "
                         "faster in pair_style polyget and polyget._core); --no-aoti skips it")
     args = p.parse_args(argv)
