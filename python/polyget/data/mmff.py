@@ -191,14 +191,9 @@ def normal_mode_positions(atoms: Atoms, hessian: np.ndarray, *, temperature_K: f
 
 
 def kabsch_rmsd(p: np.ndarray, q: np.ndarray) -> float:
-    """RMSD of two conformations of the same atoms after optimal superposition."""
-    p = p - p.mean(0)
-    q = q - q.mean(0)
-    u, s, vt = np.linalg.svd(p.T @ q)
-    d = np.sign(np.linalg.det(u @ vt))
-    s[-1] *= d
-    e0 = (p * p).sum() + (q * q).sum() - 2.0 * s.sum()
-    return float(np.sqrt(max(e0, 0.0) / len(p)))
+    """RMSD after optimal superposition (the one implementation: polyget.md.kabsch_rmsd)."""
+    from ..md import kabsch_rmsd as _rmsd
+    return _rmsd(p, q)
 
 
 class Deduper:
