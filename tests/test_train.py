@@ -39,13 +39,12 @@ def train_mae(trainer):
     return summary["overall"]["force_mae"]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known regression of this wave, open in issue 10: with the sped-up ET (speed branch) this run "
-    "ends at 0.386 eV/A instead of 0.029 (the pre-speed network, tests/frozen_et.py, in the same "
-    "Trainer); losses and parameter gradients agree step by step outside the Trainer, cause not "
-    "found yet"))
 def test_training_lowers_force_mae_tenfold(morse_file, tmp_path):
-    tr = Trainer(config(morse_file, tmp_path / "run", max_steps=600, val_every=100), quiet=True)
+    # lr 2e-3 with batches of 4 is chaotic step to step (both the current and the pre-speed network,
+    # tests/frozen_et.py, spike to 0.1-0.4 eV/A at single steps); clipping and the weight average
+    # make the endpoint reproducible: 0.011-0.017 eV/A for seeds 0-2 and both networks
+    tr = Trainer(config(morse_file, tmp_path / "run", max_steps=600, val_every=100, grad_clip=1.0,
+                        ema_decay=0.99), quiet=True)
     before = train_mae(tr)
     tr.run()
     after = train_mae(tr)
@@ -56,16 +55,25 @@ def test_training_lowers_force_mae_tenfold(morse_file, tmp_path):
     assert rows[0].startswith("step,epoch,lr") and len(rows) == 7
 
 
-def test_resume_continues_exactly(morse_file, tmp_path):
-    full = Trainer(config(morse_file, tmp_path / "full", max_steps=30), quiet=True)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_continues_exactly(morse_file, tmp_path, ema):
+    full = Trainer(config(morse_file, tmp_path / "full", max_steps=30, ema_decay=ema), quiet=True)
     full.run()
-    part = Trainer(config(morse_file, tmp_path / "part", max_steps=30), quiet=True)
+    part = Trainer(config(morse_file, tmp_path / "part", max_steps=30, ema_decay=ema), quiet=True)
     part.run(max_steps=17)  # "killed" after step 17; last.ckpt is from step 10
-    resumed = Trainer(config(morse_file, tmp_path / "part", max_steps=30), resume=True, quiet=True)
+    resumed = Trainer(config(morse_file, tmp_path / "part", max_steps=30, ema_decay=ema), resume=True,
+                      quiet=True)
     assert resumed.state["step"] == 10
     resumed.run()
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+    for (k, a), b in zip(full.eval_model.state_dict().items(), resumed.eval_model.state_dict().values()):
+        assert torch.equal(a, b), k
+    if ema:  # what is saved and exported is the average, not the last weights
+        saved = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["model_state"]
+        k = "layers.0.q_proj.weight"
+        assert torch.allclose(saved[k].float(), full.ema.module.state_dict()[k])
+        assert not torch.allclose(saved[k].float(), full.model.state_dict()[k])
     log_full = (tmp_path / "full" / "log.csv").read_text().splitlines()
     log_part = (tmp_path / "part" / "log.csv").read_text().splitlines()
     strip = lambda rows: [r.rsplit(",", 1)[0] for r in rows]  # elapsed time differs

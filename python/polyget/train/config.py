@@ -37,6 +37,8 @@ DEFAULTS: Dict[str, Any] = {
         "plateau_factor": 0.8,
         "min_lr": 1.0e-7,
         "grad_clip": None,
+        "ema_decay": 0.0,         # > 0: validate, save and export an exponential moving average
+                                  # of the weights (e.g. 0.99); 0: the raw weights
         "seed": 0,
         "dtype": "float32",
         "device": "cpu",
@@ -66,7 +68,7 @@ def _merge(base: Dict[str, Any], new: Dict[str, Any], where: str) -> Dict[str, A
 # settings that must be numbers; YAML 1.1 reads `1e-3` (no dot) as a string
 FLOAT_KEYS = {"data": ("val_fraction",),
               "training": ("lr", "weight_decay", "plateau_factor", "min_lr", "force_weight",
-                           "energy_weight", "grad_clip")}
+                           "energy_weight", "grad_clip", "ema_decay")}
 
 
 def _numbers(cfg: Dict[str, Any]) -> None:
@@ -86,6 +88,8 @@ def _numbers(cfg: Dict[str, Any]) -> None:
     t = cfg["training"]
     if not t["lr"] > 0:
         raise ConfigError(f"training.lr must be > 0, got {t['lr']!r}")
+    if not 0 <= t["ema_decay"] < 1:
+        raise ConfigError(f"training.ema_decay must be in [0, 1) (0 = off, e.g. 0.99), got {t['ema_decay']!r}")
     if not 0 <= cfg["data"]["val_fraction"] < 1:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg['data']['val_fraction']!r}")
 

@@ -93,6 +93,14 @@ class Trainer:
             offsets, _ = fit_element_offsets(self.train_set, len(elements))
             self.model.atom_offsets.copy_(torch.as_tensor(offsets))
         self.model.to(self.device, self.dtype)
+        # exponential moving average of the weights (training.ema_decay > 0): validated, saved as
+        # model_state and exported; the raw weights go into the checkpoint for exact resume
+        self.ema = None
+        if t["ema_decay"]:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(float(t["ema_decay"])),
+                                     use_buffers=True)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=t["plateau_factor"], patience=t["plateau_patience"], min_lr=t["min_lr"])
@@ -108,9 +116,18 @@ class Trainer:
                 yaml.safe_dump({**self.cfg, "data": {**d, "elements": list(elements)}}, fh, sort_keys=False)
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation sees and checkpoints export: the average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def checkpoint(self) -> Dict[str, Any]:
+        extra: Dict[str, Any] = {}
+        if self.ema is not None:
+            extra["training_weights"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            extra["ema_n_averaged"] = int(self.ema.n_averaged)
         return make_checkpoint(
-            self.model,
+            self.eval_model, **extra,
             normalisation={"energy_scale": float(self.model.energy_scale),
                            "atom_offsets": self.model.atom_offsets.detach().cpu().tolist()},
             optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
@@ -122,7 +139,14 @@ class Trainer:
         if list(ckpt["elements"]) != list(self.model.elements):
             raise DataError(f"{path} was trained on elements {ckpt['elements']}, the data now gives "
                             f"{self.model.elements}; resume needs the same data")
-        self.model.load_state_dict(ckpt["model_state"])
+        if self.ema is not None:
+            if "training_weights" not in ckpt:
+                raise DataError(f"{path} was written without training.ema_decay; resume with the same setting")
+            self.ema.module.load_state_dict(ckpt["model_state"])
+            self.ema.n_averaged.fill_(int(ckpt["ema_n_averaged"]))
+            self.model.load_state_dict(ckpt["training_weights"])
+        else:
+            self.model.load_state_dict(ckpt["model_state"])
         self.model.to(self.device, self.dtype)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -140,12 +164,13 @@ class Trainer:
         t = self.cfg["training"]
         acc = MetricAccumulator()
         total, n = 0.0, 0
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         bs = t["batch_size"]
         for k in range(0, len(self.val_set), bs):
             chunk = self.val_set[k:k + bs]
             batch = collate(chunk, self.dtype, self.device)
-            loss, out = batch_loss(self.model, batch, t, create_graph=False)
+            loss, out = batch_loss(model, batch, t, create_graph=False)
             total += float(loss.detach()) * len(chunk)
             n += len(chunk)
             f = out["forces"].detach().cpu().double().numpy()
@@ -153,7 +178,7 @@ class Trainer:
             for s in chunk:
                 acc.add(f[start:start + s.natoms], s.forces, s.family, s.loop)
                 start += s.natoms
-        self.model.train()
+        model.train()
         return total / max(n, 1), acc.summary()
 
     def run(self, max_steps: Optional[int] = None) -> Dict[str, Any]:
@@ -185,6 +210,8 @@ class Trainer:
                 if t["grad_clip"]:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(t["grad_clip"]))
                 self.opt.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 self.state["step"] += 1
                 self.state["batch_in_epoch"] += 1
                 last["loss"] = float(loss.detach())
