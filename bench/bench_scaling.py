@@ -169,7 +169,7 @@ def run_one(work, jit, size, mode, nprocs, steps, timeout):
         per_rank.append({"rank": int(m[1]), "calls": int(m[3]), "nlocal": int(m[4]),
                          "nghost": int(m[5]), "edges": int(m[6]), "model_s": float(m[7]),
                          "peak_rss_mb": float(m[8]),
-                         # before the first model call: libraries, LAMMPS, weights
+                         # before the model was loaded: libraries, LAMMPS and its atoms
                          "base_rss_mb": float(m[9]) if m[9] else None})
     per_rank.sort(key=lambda r: r["rank"])
     return {"size": size, "mode": mode, "ranks": nprocs, "grid": g, "atoms": int(natoms),
@@ -372,7 +372,7 @@ def markdown(result):
             gh = "/".join(str(x["nghost"]) for x in pr)
             ed = "/".join(str(x["edges"]) for x in pr)
             mem = "/".join("%.0f" % x["peak_rss_mb"] for x in pr)
-            # peak RSS minus the peak before the first model call (libraries, LAMMPS, weights)
+            # peak RSS minus the peak before the model was loaded (libraries, LAMMPS, atoms)
             own = "/".join("%.0f" % (x["peak_rss_mb"] - x["base_rss_mb"]) if x.get("base_rss_mb")
                            else "" for x in pr)
             L.append(f"| {r['model']} | {r['atoms']} | {r['mode']} | {r['ranks']} | {gh} | {ed} | "
