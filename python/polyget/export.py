@@ -9,12 +9,14 @@
   (:mod:`polyget.contract`) for ``pair_style polyget``, ``polyget._core`` and the ASE calculator
   (the portable form; also what ``mliap unified`` runs, and what the per-layer halo exchange
   runs);
-* ``NAME.aoti.pt2`` (``--aoti``, opt-in: minutes of compilation, and the package of the current model has not yet
-  passed its eager check on the development machine): the AOTInductor package of
-  the energy-and-forces function (polyget/compile.py), compiled for this machine's CPU (or
-  GPU with ``--device cuda``). The TorchScript metadata names it (``aoti_package``) and both
-  carry the weights' ``fingerprint`` (optional contract records); ``polyget._core`` and ``pair_style polyget`` run it for
-  whole-graph evaluations when it matches, else the TorchScript file.
+* ``NAME.aoti-tN.pt2`` (``--aoti``, opt-in: minutes of compilation each; one per CPU thread
+  count N of ``--aoti-threads 1,2``, default this process's torch thread count): the
+  AOTInductor packages of the energy-and-forces function (polyget/compile.py), compiled for
+  this machine's CPU (or GPU with ``--device cuda``), each checked against the eager model
+  before it is written. The TorchScript metadata names them (``aoti_package``, comma-separated)
+  and all carry the weights' ``fingerprint``; ``polyget._core``, ``pair_style polyget`` and
+  ``mliap unified`` run the one for their current thread count for whole-graph evaluations,
+  else the TorchScript file.
 """
 
 from __future__ import annotations
