@@ -141,7 +141,9 @@ def run_one(work, jit, size, mode, nprocs, steps, timeout):
     g = grid_for(nprocs)
     data = issue_box(work / "issue.data") if size == "issue" else CELL
     deck = DECK.format(processors="processors %d %d %d" % g if nprocs > 1 else "",
-                       data=data, rx=rx, ry=ry, rz=rz, model=jit, mode=mode, skin=SKIN, steps=steps)
+                       data=data, rx=rx, ry=ry, rz=rz, model=jit,
+                       mode="exchange recompute yes" if mode == "recompute" else mode, skin=SKIN,
+                       steps=steps)
     if mode == "fold":
         deck = deck.replace("read_data", "atom_modify     map yes\nread_data")
     name = f"{size}-{mode}-np{nprocs}"
@@ -162,10 +164,13 @@ def run_one(work, jit, size, mode, nprocs, steps, timeout):
     loop_s, _, nsteps, natoms = loops[-1]
     per_rank = []
     for m in re.finditer(r"polyget stats: rank (\d+) mode (\w+) calls (\d+) max_nlocal (\d+) "
-                         r"max_nghost (\d+) max_edges (\d+) model_s ([0-9.]+) peak_rss_mb ([0-9.]+)", out):
+                         r"max_nghost (\d+) max_edges (\d+) model_s ([0-9.]+) peak_rss_mb ([0-9.]+)"
+                         r"(?: base_rss_mb ([0-9.]+))?", out):
         per_rank.append({"rank": int(m[1]), "calls": int(m[3]), "nlocal": int(m[4]),
                          "nghost": int(m[5]), "edges": int(m[6]), "model_s": float(m[7]),
-                         "peak_rss_mb": float(m[8])})
+                         "peak_rss_mb": float(m[8]),
+                         # before the model was loaded: libraries, LAMMPS and its atoms
+                         "base_rss_mb": float(m[9]) if m[9] else None})
     per_rank.sort(key=lambda r: r["rank"])
     return {"size": size, "mode": mode, "ranks": nprocs, "grid": g, "atoms": int(natoms),
             "steps": int(nsteps), "s_per_step": float(loop_s) / int(nsteps), "per_rank": per_rank}
@@ -246,7 +251,8 @@ def main(argv=None):
                    help="MODEL@SIZE, MODEL in %s, SIZE in %s" % (list(MODELS), list(REPLICAS)))
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--modes", nargs="+", default=["exchange", "fold", "shell"],
-                   help="ghosts modes of pair_style polyget (fold: one rank only)")
+                   help="ghosts modes of pair_style polyget (fold: one rank only; recompute: "
+                        "exchange with `recompute yes`)")
     p.add_argument("--issue-ranks", type=int, nargs="+", default=[1, 2, 4],
                    help="ranks for the issue-11 box (4 on 2 cores is oversubscribed)")
     p.add_argument("--steps", type=int, default=3)
@@ -294,14 +300,15 @@ def main(argv=None):
             for mode in args.modes:
                 if mode == "fold" and nprocs > 1:
                     continue  # one rank only
-                cut = cfg["cutoff"] + SKIN if mode == "exchange" else \
+                mkey = mname + "/recompute" if mode == "recompute" else mname
+                cut = cfg["cutoff"] + SKIN if mode in ("exchange", "recompute") else \
                     (cfg["num_layers"] + 1) * cfg["cutoff"] + SKIN
                 pred = predicted_ghosts(n_atoms, box, grid_for(nprocs), cut)
                 if mode == "fold":
                     pred = 0.0  # images folded onto owned atoms: no ghost nodes
                 # edges: owned rows only (exchange, fold) or owned + ghost rows (shell)
                 edges = EDGES_PER_ATOM[mname] * (n_atoms / nprocs + (pred if mode == "shell" else 0))
-                need_mb = nprocs * (BASE_RSS_MB + mb_per_edge.get(mname, 0.0) * edges)
+                need_mb = nprocs * (BASE_RSS_MB + mb_per_edge.get(mkey, 0.0) * edges)
                 base = {"model": mname, "size": size, "mode": mode, "ranks": nprocs,
                         "atoms": n_atoms, "predicted_ghosts_per_rank": pred}
                 if mode == "shell" and nprocs * (n_atoms / nprocs + pred) > args.max_shell_nodes:
@@ -318,8 +325,8 @@ def main(argv=None):
                     row = dict(base, **run_one(work, jit, size, mode, nprocs, args.steps, args.timeout))
                     for r in row.get("per_rank", []):
                         if r["edges"]:
-                            mb_per_edge[mname] = max(mb_per_edge.get(mname, 0.0),
-                                                     (r["peak_rss_mb"] - BASE_RSS_MB) / r["edges"])
+                            mb_per_edge[mkey] = max(mb_per_edge.get(mkey, 0.0),
+                                                    (r["peak_rss_mb"] - BASE_RSS_MB) / r["edges"])
                 row["loadavg"] = os.getloadavg()
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "per_rank"}), flush=True)
@@ -356,21 +363,25 @@ def markdown(result):
          f"{result['steps']} NVE steps after 2 warm-up; OMP_NUM_THREADS=1; "
          f"{result['machine']['cpu_count']} CPU cores; load average before "
          f"{result['loadavg_before'][0]:.1f}, after {result['loadavg_after'][0]:.1f}.", "",
-         "| model | atoms | mode | ranks | ghost atoms / rank | edges / rank | peak RSS / rank (MB) | s / step |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| model | atoms | mode | ranks | ghost atoms / rank | edges / rank | peak RSS / rank (MB) | "
+         "model memory / rank (MB) | s / step |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "per_rank" in r and r["per_rank"]:
             pr = r["per_rank"]
             gh = "/".join(str(x["nghost"]) for x in pr)
             ed = "/".join(str(x["edges"]) for x in pr)
             mem = "/".join("%.0f" % x["peak_rss_mb"] for x in pr)
+            # peak RSS minus the peak before the model was loaded (libraries, LAMMPS, atoms)
+            own = "/".join("%.0f" % (x["peak_rss_mb"] - x["base_rss_mb"]) if x.get("base_rss_mb")
+                           else "" for x in pr)
             L.append(f"| {r['model']} | {r['atoms']} | {r['mode']} | {r['ranks']} | {gh} | {ed} | "
-                     f"{mem} | {r['s_per_step']:.3g} |")
+                     f"{mem} | {own} | {r['s_per_step']:.3g} |")
         else:
             why = r.get("skipped") or ("failed: " + r.get("error", "").strip().splitlines()[-1][:80]
                                        if r.get("error") else "")
             L.append(f"| {r['model']} | {r['atoms']} | {r['mode']} | {r['ranks']} | "
-                     f"~{r['predicted_ghosts_per_rank']:.0f} (predicted) | | | not run: {why} |")
+                     f"~{r['predicted_ghosts_per_rank']:.0f} (predicted) | | | | not run: {why} |")
     proj = result.get("projection")
     if proj:
         f = proj["fit"]

@@ -180,6 +180,8 @@ PYBIND11_MODULE(_core, m) {
            "owner[N-nlocal]: row each ghost copies) -> (energy, atom_energies[nlocal], fij[E,3]): "
            "the model in pieces with per-layer exchange (what pair_style polyget does)")
       .def_property_readonly("supports_halo", &polyget::Model::supports_halo)
+      .def_property("recompute", &polyget::Model::recompute, &polyget::Model::set_recompute,
+                    "compute_halo: recompute each layer in the backward pass (less memory)")
       .def_property_readonly("uses_aoti", [](polyget::Model &mdl) { mdl.select_aoti(); return mdl.uses_aoti(); },
                              "compute() runs the AOTInductor package (NAME.aoti.pt2) at the "
                              "current torch thread count")

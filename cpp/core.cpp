@@ -598,25 +598,26 @@ torch::autograd::variable_list exchange_rows(const torch::autograd::variable_lis
   return out;
 }
 
-// ghost rows of (x, vec) := owners' rows; backward: ghost-row gradients added to the owners
-struct HaloExchangeFunction : public torch::autograd::Function<HaloExchangeFunction> {
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext *ctx,
-                                                torch::Tensor x, torch::Tensor vec,
-                                                int64_t state) {
-    ctx->saved_data["state"] = state;
-    auto *st = reinterpret_cast<ExchangeState *>(state);
-    return exchange_rows({x, vec}, *st, false);
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto *st = reinterpret_cast<ExchangeState *>(ctx->saved_data["state"].toInt());
-    // undefined gradients arrive as zeros (materialised), so every rank runs every reverse
-    // exchange: they are collective
-    auto g = exchange_rows({grads[0], grads[1]}, *st, true);
-    return {g[0], g[1], torch::Tensor()};
-  }
-};
+// Gradients of `ins` for outputs `outs` with upstream gradients `gouts`, skipping outputs that
+// have no autograd graph (a piece may return constants, e.g. zero vectors); inputs the outputs
+// do not depend on get zeros (so that every rank runs every reverse exchange: they are collective).
+torch::autograd::variable_list backprop(const torch::autograd::variable_list &outs,
+                                        const torch::autograd::variable_list &gouts,
+                                        const torch::autograd::variable_list &ins) {
+  torch::autograd::variable_list o, g;
+  for (size_t k = 0; k < outs.size(); ++k)
+    if (outs[k].defined() && outs[k].requires_grad() && gouts[k].defined()) {
+      o.push_back(outs[k]);
+      g.push_back(gouts[k]);
+    }
+  torch::autograd::variable_list res(ins.size());
+  if (!o.empty())
+    res = torch::autograd::grad(o, ins, g, /*retain_graph=*/false, /*create_graph=*/false,
+                                /*allow_unused=*/true);
+  for (size_t k = 0; k < ins.size(); ++k)
+    if (!res[k].defined()) res[k] = torch::zeros_like(ins[k]);
+  return res;
+}
 
 std::pair<torch::Tensor, torch::Tensor> as_pair(const torch::jit::IValue &v,
                                                 const std::string &what) {
@@ -661,26 +662,55 @@ void Model::compute_halo(int64_t natoms, const int64_t *species, int64_t nedges,
   st.nlocal = nlocal;
   st.n_forward = &n_forward_;
   st.n_reverse = &n_reverse_;
-  const int64_t state = reinterpret_cast<int64_t>(&st);
   const int nlayers = meta_.num_layers;
+  const bool final_exchange = meta_.num_exchanges > nlayers;
+  auto run_interact = [&](int layer, const torch::Tensor &x, const torch::Tensor &vec,
+                          const torch::Tensor &ei, const torch::Tensor &feats) {
+    return as_pair(module_.run_method("interact", static_cast<int64_t>(layer), x, vec, ei, feats,
+                                      nlocal),
+                   path_ + ": interact");
+  };
+  auto leaf = [](const torch::Tensor &t) { return t.detach().requires_grad_(true); };
 
-  torch::Tensor out;
+  // Forward: pieces and exchanges in sequence. The backward pass is explicit, one piece at a
+  // time in reverse order, with the reverse exchange of the ghost-row gradients between pieces:
+  // every rank runs every exchange by construction. Each piece's inputs are leaves, so only one
+  // piece's autograd graph is needed at a time: with recompute on, the forward runs without
+  // graphs, keeping only the (exchanged) node features of every layer, and each piece is run
+  // again with its graph during the backward pass (peak memory ~ one layer's graph instead of
+  // num_layers', for about one more forward pass of compute).
+  torch::Tensor out, feats, fd;
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> ins(nlayers + 1), outs(nlayers + 1);
+  std::pair<torch::Tensor, torch::Tensor> emb;
+  const bool keep = want_fij && !recompute_;
   {
     c10::optional<torch::NoGradGuard> no_grad;
     if (!want_fij) no_grad.emplace();
-    torch::Tensor feats = module_.run_method("edge_features", ev).toTensor();
-    auto xv = as_pair(module_.run_method("embed", sp, ei, feats, nlocal), path_ + ": embed");
+    feats = module_.run_method("edge_features", ev).toTensor();  // small graph [E, 4 + R]
+    fd = want_fij ? leaf(feats) : feats;
+  }
+  {
+    c10::optional<torch::NoGradGuard> no_grad;
+    if (!keep) no_grad.emplace();
+    auto xv = as_pair(module_.run_method("embed", sp, ei, fd, nlocal), path_ + ": embed");
+    if (keep) emb = xv;
     for (int layer = 0; layer < nlayers; ++layer) {
-      auto ex = HaloExchangeFunction::apply(xv.first, xv.second, state);
-      xv = as_pair(module_.run_method("interact", static_cast<int64_t>(layer), ex[0], ex[1], ei,
-                                      feats, nlocal),
-                   path_ + ": interact");
+      auto ex = exchange_rows({xv.first, xv.second}, st, false);
+      ins[layer] = keep ? std::make_pair(leaf(ex[0]), leaf(ex[1])) : std::make_pair(ex[0], ex[1]);
+      xv = run_interact(layer, ins[layer].first, ins[layer].second, ei, fd);
+      if (keep) outs[layer] = xv;
     }
-    if (meta_.num_exchanges > nlayers) {
-      auto ex = HaloExchangeFunction::apply(xv.first, xv.second, state);
+    if (final_exchange) {
+      auto ex = exchange_rows({xv.first, xv.second}, st, false);
       xv = {ex[0], ex[1]};
     }
-    torch::jit::IValue r = module_.run_method("readout", sp, xv.first, xv.second, nlocal);
+    ins[nlayers] = want_fij ? std::make_pair(leaf(xv.first), leaf(xv.second)) : xv;
+  }
+  {
+    c10::optional<torch::NoGradGuard> no_grad;
+    if (!want_fij) no_grad.emplace();
+    torch::jit::IValue r =
+        module_.run_method("readout", sp, ins[nlayers].first, ins[nlayers].second, nlocal);
     if (!r.isTensor())
       throw ModelError(path_ + ": readout returned " + r.tagKind() + ", expected a tensor [nlocal]");
     out = r.toTensor();
@@ -696,15 +726,36 @@ void Model::compute_halo(int64_t natoms, const int64_t *species, int64_t nedges,
   for (int64_t a = 0; a < nlocal; ++a) energy_ += atom_energy_[a];
 
   if (want_fij) {
-    // one backward pass through all pieces and exchanges, on every rank (even one without
-    // edges or owned atoms: its reverse exchanges relay other ranks' gradients)
-    torch::Tensor e_own = out.sum();
-    if (!e_own.requires_grad())
-      throw ModelError(path_ + ": the energy does not depend on the edge vectors (no autograd "
-                       "graph); the reverse exchanges could not run");
-    auto grads = torch::autograd::grad({e_own}, {ev}, /*grad_outputs=*/{},
-                                       /*retain_graph=*/false, /*create_graph=*/false,
-                                       /*allow_unused=*/true);
+    // on every rank, even one without edges or owned atoms: its reverse exchanges relay other
+    // ranks' gradients
+    torch::Tensor gfeats = torch::zeros_like(fd);
+    auto g = backprop({out}, {torch::ones_like(out)}, {ins[nlayers].first, ins[nlayers].second});
+    if (final_exchange) g = exchange_rows({g[0], g[1]}, st, true);
+    for (int layer = nlayers - 1; layer >= 0; --layer) {
+      std::pair<torch::Tensor, torch::Tensor> o;
+      std::pair<torch::Tensor, torch::Tensor> in;
+      if (keep) {
+        in = ins[layer];
+        o = outs[layer];
+        outs[layer] = {};
+      } else {
+        in = {leaf(ins[layer].first), leaf(ins[layer].second)};
+        o = run_interact(layer, in.first, in.second, ei, fd);
+      }
+      auto gi = backprop({o.first, o.second}, {g[0], g[1]}, {in.first, in.second, fd});
+      gfeats.add_(gi[2]);
+      ins[layer] = {};
+      g = exchange_rows({gi[0], gi[1]}, st, true);
+    }
+    if (!keep) {
+      emb = as_pair(module_.run_method("embed", sp, ei, fd, nlocal), path_ + ": embed");
+    }
+    gfeats.add_(backprop({emb.first, emb.second}, {g[0], g[1]}, {fd})[0]);
+    if (!feats.requires_grad())
+      throw ModelError(path_ + ": the edge features do not depend on the edge vectors (no autograd "
+                       "graph); forces cannot be computed");
+    auto grads = torch::autograd::grad({feats}, {ev}, {gfeats}, /*retain_graph=*/false,
+                                       /*create_graph=*/false, /*allow_unused=*/true);
     if (grads[0].defined() && nedges > 0) {
       torch::Tensor host_f = torch::from_blob(fij_.data(), {nedges, 3}, cpu_double);
       host_f.copy_(grads[0]);

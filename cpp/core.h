@@ -82,6 +82,11 @@ class Model {
                     HaloExchanger &exchange, bool want_fij = true);
   // metadata says per-layer exchange and the file has the methods it needs
   bool supports_halo() const { return halo_methods_; }
+  // compute_halo: keep no per-layer autograd graphs during the forward pass and run each piece
+  // again in the backward pass (activation recomputation): peak memory about one layer's graph
+  // instead of all layers', for ~1 more forward pass of compute. Same results.
+  void set_recompute(bool on) { recompute_ = on; }
+  bool recompute() const { return recompute_; }
   // exchanges done by the last compute_halo (forward, reverse)
   int64_t forward_exchanges() const { return n_forward_; }
   int64_t reverse_exchanges() const { return n_reverse_; }
@@ -147,6 +152,7 @@ class Model {
   bool run_aoti(int64_t natoms, int64_t nedges, int64_t nlocal, const torch::Tensor &sp,
                 const torch::Tensor &ei, const torch::Tensor &ev);
   bool halo_methods_ = false;
+  bool recompute_ = false;
   int64_t n_forward_ = 0;
   int64_t n_reverse_ = 0;
 

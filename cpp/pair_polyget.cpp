@@ -46,6 +46,9 @@
 #include <cstring>
 #include <exception>
 #include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 using namespace LAMMPS_NS;
 
@@ -126,11 +129,28 @@ template <typename T> void unpack_rows(const std::vector<PairPolyGET::ExchangeRo
   }
 }
 
+// Peak resident memory of this process image in MB: VmHWM (reset by exec, unlike getrusage's
+// ru_maxrss, which keeps the peak of the process that exec'd LAMMPS, e.g. a Python driver)
+double peak_rss_mb()
+{
+  if (FILE *fh = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    double kb = -1.0;
+    while (std::fgets(line, sizeof(line), fh))
+      if (std::strncmp(line, "VmHWM:", 6) == 0) kb = std::atof(line + 6);
+    std::fclose(fh);
+    if (kb >= 0.0) return kb / 1024.0;
+  }
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;
+}
+
 }    // namespace
 
 static const char *const SYNTAX_STYLE =
     "expected: pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N] "
-    "[ghosts auto|exchange|shell|fold] [min_distance A]";
+    "[ghosts auto|exchange|shell|fold] [min_distance A] [recompute yes|no]";
 
 /* ---------------------------------------------------------------------- */
 
@@ -157,14 +177,12 @@ PairPolyGET::~PairPolyGET()
 {
   if (copymode) return;
   if (stats && stat_calls > 0) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
     static const char *names[] = {"auto", "exchange", "shell", "fold"};
     std::fprintf(stderr,
                  "polyget stats: rank %d mode %s calls %lld max_nlocal %lld max_nghost %lld "
-                 "max_edges %lld model_s %.6f peak_rss_mb %.1f\n",
+                 "max_edges %lld model_s %.6f peak_rss_mb %.1f base_rss_mb %.1f\n",
                  comm->me, names[mode], stat_calls, stat_max_nlocal, stat_max_nghost,
-                 stat_max_edges, stat_model_s, ru.ru_maxrss / 1024.0);
+                 stat_max_edges, stat_model_s, peak_rss_mb(), stat_base_rss_mb);
     std::fflush(stderr);
   }
   if (allocated) {
@@ -438,6 +456,7 @@ void PairPolyGET::settings(int narg, char **arg)
   int nthreads = -1;
   int ghosts = GHOSTS_AUTO;
   double mindist = -1.0;    // < 0: the model's metadata min_distance
+  bool recompute = false;
   int iarg = 1;
   while (iarg < narg) {
     if (strcmp(arg[iarg], "device") == 0) {
@@ -474,6 +493,11 @@ void PairPolyGET::settings(int narg, char **arg)
       if (!(mindist >= 0.0))
         error->all(FLERR, "pair_style polyget: min_distance must be >= 0 (Angstrom)");
       iarg += 2;
+    } else if (strcmp(arg[iarg], "recompute") == 0) {
+      if (iarg + 2 > narg)
+        error->all(FLERR, std::string("pair_style polyget: recompute needs yes or no; ") + SYNTAX_STYLE);
+      recompute = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+      iarg += 2;
     } else {
       error->all(FLERR, std::string("pair_style polyget: unknown keyword '") + arg[iarg] + "'; " +
                             SYNTAX_STYLE);
@@ -496,12 +520,30 @@ void PairPolyGET::settings(int narg, char **arg)
   ghost_mode = ghosts;
   at::set_num_threads(nthreads > 0 ? nthreads : std::max(1, comm->nthreads));
 
+  // glibc serves every allocation above 32 MB with a fresh mmap and returns it on free, so each
+  // step of a large system page-faults its whole autograd graph in again (1e4-atom melt, paper
+  // depth, 1 rank: 32.7 s/step, most of it system time, vs 6.7 s with this). Keep freed memory
+  // in the heap for reuse instead (the resident size stays at the peak of one step).
+  // POLYGET_MALLOC=system leaves glibc's defaults.
+#if defined(__GLIBC__)
+  {
+    const char *mc = std::getenv("POLYGET_MALLOC");
+    if (!(mc && std::string(mc) == "system")) {
+      mallopt(M_MMAP_MAX, 0);
+      mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    }
+  }
+#endif
+  // peak memory before the model is loaded: libraries, LAMMPS and its atoms
+  if (stats) stat_base_rss_mb = peak_rss_mb();
+
   model.reset();
   try {
     model = std::make_unique<polyget::Model>(path, device, local_rank);
   } catch (std::exception &e) {
     model_error_all("cannot use '" + path + "'", e.what());
   }
+  model->set_recompute(recompute);
   model_path = path;
   device_request = device;
   cutoff = model->metadata().cutoff;
@@ -607,11 +649,15 @@ void PairPolyGET::init_style()
   if (ghost_mode == GHOSTS_AUTO)
     // one rank with the compiled (AOTInductor) model: the whole periodic graph in one call of
     // the package (fold) is 2-3x faster than TorchScript pieces with per-layer exchange
-    mode = (comm->nprocs == 1 && have_map && model->uses_aoti()) ? GHOSTS_FOLD
+    // (recompute asks for the pieces: the package holds the whole graph)
+    mode = (comm->nprocs == 1 && have_map && model->uses_aoti() && !model->recompute()) ? GHOSTS_FOLD
         : model->supports_halo() ? GHOSTS_EXCHANGE
         : (comm->nprocs == 1 && have_map) ? GHOSTS_FOLD : GHOSTS_SHELL;
   else
     mode = ghost_mode;
+  if (model->recompute() && mode != GHOSTS_EXCHANGE)
+    error->all(FLERR, "pair_style polyget: recompute yes works with the per-layer exchange only "
+                      "(ghosts auto or exchange, and a model file exported with per-layer exchange)");
   if (comm->me == 0)
     utils::logmesg(lmp, "pair_style polyget: model runs as {} (loaded in {:.2f} s)\n",
                    model->aoti_status(), model->load_seconds());
@@ -641,6 +687,10 @@ void PairPolyGET::init_style()
                      "{} + skin {}), node features exchanged {} times per step ({} numbers per "
                      "atom)\n",
                      need, cutoff, neighbor->skin, meta.num_exchanges, meta.exchange_width);
+    if (comm->me == 0 && model->recompute())
+      utils::logmesg(lmp, "pair_style polyget: recompute yes: each layer is run again in the "
+                          "backward pass (about one layer's autograd memory instead of {})\n",
+                     meta.num_layers);
       if (comm->cutghostuser > need + 1e-6)
         utils::logmesg(lmp,
                        "pair_style polyget: note: comm_modify cutoff {:.6g} is more than the "

@@ -76,6 +76,7 @@ class PairPolyGET : public Pair {
   bool stats;
   long long stat_calls, stat_max_nlocal, stat_max_nghost, stat_max_edges;
   double stat_model_s;
+  double stat_base_rss_mb = 0.0;  // peak RSS before the model was loaded
   int *map;                // LAMMPS type -> model element index
   std::vector<std::string> type_elements;    // element of each type (for messages)
 

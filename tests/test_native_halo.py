@@ -59,13 +59,16 @@ def test_metadata_declares_per_layer_exchange(exported):
     assert cm.supports_halo and cm.num_exchanges == 3 and cm.exchange_width == 128
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("triclinic", [False, True])
-def test_compute_halo_equals_python(exported, triclinic):
+def test_compute_halo_equals_python(exported, triclinic, recompute):
     model, jit = exported
     atoms = periodic_box(seed=3, triclinic=triclinic)
     sp, ei, ev, owner, g = halo_inputs(model, atoms)
     n = len(atoms)
     cm = _core.Model(jit, "cpu")
+    assert not cm.recompute
+    cm.recompute = recompute  # activation recomputation: same numbers, less memory
     e, ae, fij = cm.compute_halo(sp, ei, ev, n, owner)
     ref = evaluate(model, g, forces=True, stress=True)
     assert abs(e - ref["energy"].item()) < TOL
@@ -95,6 +98,10 @@ def test_relayed_ghosts(exported):
     e0, _, fij0 = cm.compute_halo(sp, ei, ev, n, owner)
     e1, _, fij1 = cm.compute_halo(sp, ei, ev, n, relay)
     assert abs(e1 - e0) < 1e-12 and np.abs(fij1 - fij0).max() < 1e-12
+    cm.recompute = True
+    e2, _, fij2 = cm.compute_halo(sp, ei, ev, n, relay)
+    assert abs(e2 - e0) < 1e-12 and np.abs(fij2 - fij0).max() < 1e-12
+    assert cm.forward_exchanges == 3 and cm.reverse_exchanges == 3
 
 
 def test_no_owned_atoms_and_no_atoms(exported):

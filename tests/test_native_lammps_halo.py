@@ -136,6 +136,22 @@ def test_empty_subdomains(tmp_path, net):
         np.testing.assert_allclose(res["forces"][-1], 0.0, atol=1e-12)
 
 
+def test_recompute(tmp_path, net):
+    """recompute yes (each layer re-run in the backward pass): the same numbers on 1 and 3
+    ranks (one rank with empty-ish subdomains among them), and refused where it cannot apply."""
+    jit, model = net
+    atoms = periodic_melt(seed=5).repeat((2, 1, 1))
+    ref = reference(model, atoms)
+    for n in (1, 3):
+        res, out = single_point(tmp_path, atoms, f"{jit} recompute yes", nprocs=n,
+                                processors=f"processors {n} 1 1", tag=f"recompute{n}")
+        assert "recompute yes: each layer is run again in the backward pass" in out, out[-2000:]
+        assert_matches(res, ref)
+    _, out = single_point(tmp_path, atoms, f"{jit} ghosts shell recompute yes", tag="recompute-shell",
+                          check=False)
+    assert "recompute yes works with the per-layer exchange only" in out
+
+
 def test_comm_style_tiled(tmp_path, net):
     jit, model = net
     atoms = periodic_melt(seed=8).repeat((2, 2, 1))

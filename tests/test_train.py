@@ -203,3 +203,28 @@ def test_cli_train_eval_md(morse_file, tmp_path):
     rows = (tmp_path / "md" / "md_log.csv").read_text().splitlines()
     assert len(rows) == 1 + 5 and (tmp_path / "md" / "md.png").exists()
     assert len(ase.io.read(tmp_path / "md" / "trajectory.extxyz", ":")) == 5
+
+
+def test_fine_tune_from_checkpoint(morse_file, tmp_path):
+    """training.init_from: the network starts as the checkpoint (weights, hyperparameters,
+    elements, normalisation), whatever the config's model section says, and trains on."""
+    base = Trainer(config(morse_file, tmp_path / "base", max_steps=20), quiet=True)
+    base.run()
+    src = tmp_path / "base" / "last.ckpt"
+    cfg = config(morse_file, tmp_path / "ft", max_steps=10, init_from=str(src))
+    cfg["model"] = dict(cfg["model"], hidden_channels=64)  # ignored: the checkpoint's network
+    ft = Trainer(cfg, quiet=True)
+    assert ft.model.config.hidden_channels == base.model.config.hidden_channels
+    assert ft.model.elements == base.model.elements
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(ft.model.state_dict()[k], v), k
+    assert train_mae(ft) == pytest.approx(train_mae(base), rel=1e-12)
+    ft.run()
+    assert not torch.equal(ft.model.state_dict()["layers.0.q_proj.weight"],
+                           base.model.state_dict()["layers.0.q_proj.weight"])
+    # data with an element the checkpoint does not know
+    frames = ase.io.read(morse_file, ":")
+    frames[0].symbols[0] = "N"
+    ase.io.write(tmp_path / "n.extxyz", frames)
+    with pytest.raises(DataError, match="Fine-tuning cannot add elements"):
+        Trainer(config(tmp_path / "n.extxyz", tmp_path / "ftn", init_from=str(src)), quiet=True)

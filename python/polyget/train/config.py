@@ -40,6 +40,8 @@ DEFAULTS: Dict[str, Any] = {
         "ema_decay": 0.0,         # > 0: validate, save and export an exponential moving average
                                   # of the weights (e.g. 0.99); 0: the raw weights
         "seed": 0,
+        "init_from": None,        # a polyget checkpoint to start from (fine-tuning): its weights,
+                                  # hyperparameters and elements replace the model section
         "dtype": "float32",
         "device": "cpu",
         "threads": None,
@@ -103,6 +105,8 @@ def _relative_to(base: Path, cfg: Dict[str, Any]) -> None:
     d = cfg["data"]
     d["train"] = [fix(p) for p in d["train"]] if isinstance(d["train"], list) else fix(d["train"])
     cfg["output"] = fix(cfg["output"])
+    if cfg["training"].get("init_from"):
+        cfg["training"]["init_from"] = fix(cfg["training"]["init_from"])
 
 
 def load_config(path_or_dict) -> Dict[str, Any]:

@@ -80,7 +80,20 @@ class Trainer:
         d = self.cfg["data"]
         frames = read_frames(d["train"])
         elements = d["elements"] or infer_elements(frames)
-        model_cfg = ModelConfig.from_dict({**self.cfg["model"], "elements": list(elements)})
+        init = None
+        if t["init_from"]:
+            # fine-tuning: the network (architecture, elements, weights, normalisation) is the
+            # checkpoint's; the data may use any subset of its elements
+            init = load_checkpoint(t["init_from"])
+            extra = sorted(set(elements) - set(init["elements"]))
+            if extra:
+                raise DataError(f"training.init_from {t['init_from']} knows elements {init['elements']}; "
+                                f"the data also has {extra}. Fine-tuning cannot add elements: train anew")
+            elements = list(init["elements"])
+            model_cfg = ModelConfig.from_dict(dict(init["hparams"]))
+            self.cfg["model"] = {k: v for k, v in model_cfg.to_dict().items() if k != "elements"}
+        else:
+            model_cfg = ModelConfig.from_dict({**self.cfg["model"], "elements": list(elements)})
         samples = frames_to_samples(frames, elements, model_cfg.cutoff, d["energy_unit"], d["length_unit"],
                                     check=bool(d["check_units"]))
         self.train_set, self.val_set = split(samples, d["val_fraction"], d["split_by"], d["val_values"], t["seed"])
@@ -92,6 +105,8 @@ class Trainer:
         if t["loss"] == "joint":
             offsets, _ = fit_element_offsets(self.train_set, len(elements))
             self.model.atom_offsets.copy_(torch.as_tensor(offsets))
+        if init is not None:
+            self.model.load_state_dict(init["model_state"])
         self.model.to(self.device, self.dtype)
         # exponential moving average of the weights (training.ema_decay > 0): validated, saved as
         # model_state and exported; the raw weights go into the checkpoint for exact resume
