@@ -68,7 +68,7 @@ def structures(sizes):
     return out
 
 
-def model_files(dtypes, aoti=True):
+def model_files(dtypes, aoti=True, threads=(1, 2)):
     """Random paper-size checkpoint and its exports (cached in build/bench)."""
     import torch
 
@@ -84,7 +84,6 @@ def model_files(dtypes, aoti=True):
     for dt in dtypes:
         pt = BUILD / f"paper-{dt}.pt"
         jit = BUILD / f"paper-{dt}.jit.pt"
-        pkg = BUILD / f"paper-{dt}.aoti.pt2"
         stamp = BUILD / f"paper-{dt}.stamp"
         want = f"{ckpt.stat().st_mtime_ns} aoti={int(aoti)} " + _sources_stamp()
         if not (jit.exists() and stamp.exists() and stamp.read_text() == want):
@@ -92,16 +91,19 @@ def model_files(dtypes, aoti=True):
 
             log(f"bench: exporting the paper-size model ({dt}{', AOTInductor: minutes' if aoti else ''})")
             t0 = time.time()
-            export(ckpt, pt, dtype=dt, aoti=aoti)
+            # one package per thread count the bench runs (the core uses the matching one)
+            export(ckpt, pt, dtype=dt, aoti=aoti, aoti_threads=list(threads))
             stamp.write_text(want)
             log(f"bench: export took {time.time() - t0:.0f} s")
-        ready = BUILD / f"paper-{dt}.aoti.ready.pt2"  # compiled elsewhere for these weights
-        if not aoti and ready.exists():
+        # packages compiled elsewhere for these weights: paper-DT.aoti.ready*.pt2
+        for ready in sorted(BUILD.glob(f"paper-{dt}.aoti.ready*.pt2")) if not aoti else []:
             from polyget.export import attach_aoti
 
-            attach_aoti(jit, ready)
-            log(f"bench: using the compiled package {ready}")
-        files[dt] = {"pt": pt, "jit": jit, "aoti": pkg if pkg.exists() else None}
+            log(f"bench: using the compiled package {ready} as {attach_aoti(jit, ready)}")
+        from polyget.contract import read_metadata
+
+        names = [n for n in str(read_metadata(jit).get("aoti_package") or "").split(",") if n]
+        files[dt] = {"pt": pt, "jit": jit, "aoti": [BUILD / n for n in names] or None}
     return files
 
 
@@ -277,7 +279,7 @@ def main():
         log("bench: the LAMMPS plugin is not built (make setup): pair_style polyget skipped")
         paths.remove("plugin")
     data = structures(sizes)
-    files = model_files(dtypes, aoti=not a.no_aoti)
+    files = model_files(dtypes, aoti=not a.no_aoti, threads=threads)
     results = []
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for n in sizes:

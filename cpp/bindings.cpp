@@ -182,9 +182,12 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("supports_halo", &polyget::Model::supports_halo)
       .def_property("recompute", &polyget::Model::recompute, &polyget::Model::set_recompute,
                     "compute_halo: recompute each layer in the backward pass (less memory)")
-      .def_property_readonly("uses_aoti", &polyget::Model::uses_aoti,
-                             "compute() runs the AOTInductor package (NAME.aoti.pt2)")
-      .def_property_readonly("aoti_status", &polyget::Model::aoti_status,
+      .def_property_readonly("uses_aoti", [](polyget::Model &mdl) { mdl.select_aoti(); return mdl.uses_aoti(); },
+                             "compute() runs the AOTInductor package (NAME.aoti.pt2) at the "
+                             "current torch thread count")
+      .def_property_readonly("aoti_thread_counts", &polyget::Model::aoti_thread_counts,
+                             "thread counts of the packages that match this file (0: any)")
+      .def_property_readonly("aoti_status", [](polyget::Model &mdl) { mdl.select_aoti(); return mdl.aoti_status(); },
                              "which form compute() runs, and why")
       .def_property_readonly("load_seconds", &polyget::Model::load_seconds,
                              "seconds spent loading and warming up the model")

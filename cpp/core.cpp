@@ -7,6 +7,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <ATen/Version.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <chrono>
@@ -242,54 +243,137 @@ std::string dirname_of(const std::string &path) {
 
 void Model::load_aoti() {
   aoti_.reset();
+  aoti_pkgs_.clear();
+  aoti_for_threads_ = -1;
+  aoti_base_status_.clear();
   const char *env = std::getenv("POLYGET_AOTI");
   if (env && std::string(env) == "0") {
-    aoti_status_ = "TorchScript (POLYGET_AOTI=0)";
+    aoti_status_ = aoti_base_status_ = "TorchScript (POLYGET_AOTI=0)";
     return;
   }
   if (meta_.aoti_package.empty()) {
-    aoti_status_ = "TorchScript (no AOTInductor package in the metadata)";
+    aoti_status_ = aoti_base_status_ = "TorchScript (no AOTInductor package in the metadata)";
     return;
   }
-  std::string pkg = meta_.aoti_package;
-  if (pkg[0] != '/') pkg = dirname_of(path_) + "/" + pkg;
-  auto skip = [&](const std::string &why) {
-    aoti_status_ = "TorchScript (" + pkg + " not used: " + why + ")";
+  // aoti_package: one file name or several, comma-separated (one per thread count)
+  std::vector<std::string> names;
+  {
+    std::stringstream ss(meta_.aoti_package);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      const auto b = item.find_first_not_of(" \t");
+      const auto e = item.find_last_not_of(" \t");
+      if (b != std::string::npos) names.push_back(item.substr(b, e - b + 1));
+    }
+  }
+  std::vector<std::string> rejected;
+  for (std::string pkg : names) {
+    if (pkg[0] != '/') pkg = dirname_of(path_) + "/" + pkg;
+    auto skip = [&](const std::string &why) {
+      rejected.push_back(pkg + " not used: " + why);
+      std::fprintf(stderr, "polyget: %s: AOTInductor package %s not used: %s\n", path_.c_str(),
+                   pkg.c_str(), why.c_str());
+    };
+    if (!file_readable(pkg)) { skip("file not found; re-export to write it"); continue; }
+    std::unordered_map<std::string, std::string> pm;
+    try {
+      pm = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(pkg, "model");
+    } catch (const std::exception &e) {
+      skip(std::string("unreadable package: ") + first_line(e.what()));
+      continue;
+    }
+    auto get = [&](const char *k) { auto it = pm.find(k); return it == pm.end() ? std::string() : it->second; };
+    if (get("polyget.format") != "polyget-aoti" || get("polyget.format_version") != "1") {
+      skip("not a polyget AOTInductor package of format 1");
+      continue;
+    }
+    if (meta_.fingerprint.empty() || get("polyget.fingerprint") != meta_.fingerprint) {
+      skip("its weights fingerprint differs from this TorchScript file's (stale package)");
+      continue;
+    }
+    if (get("polyget.dtype") != meta_.dtype) { skip("dtype " + get("polyget.dtype")); continue; }
+    const std::string pdev = get("polyget.device");
+    if ((pdev == "cuda") != device_.is_cuda()) {
+      skip("compiled for " + pdev + ", running on " + device_.str());
+      continue;
+    }
+    int threads = 0;
+    if (pdev == "cpu") {
+      // a package compiled for AVX-512 must not run where only AVX2 is (illegal instruction)
+      const std::string isa = get("polyget.isa");
+      std::string cap = at::get_cpu_capability();
+      std::transform(cap.begin(), cap.end(), cap.begin(), ::tolower);
+      if (isa.rfind("avx512", 0) == 0 && cap.rfind("avx512", 0) != 0) {
+        skip("compiled for " + isa + ", this CPU (or ATEN_CPU_CAPABILITY) offers " + cap);
+        continue;
+      }
+      const std::string t = get("polyget.threads");
+      if (!t.empty() && t != "dynamic") {
+        try {
+          threads = std::stoi(t);
+        } catch (const std::exception &) {
+          skip("unreadable polyget.threads '" + t + "'");
+          continue;
+        }
+      }
+    }
+    aoti_pkgs_.push_back(AotiPackage{pkg, threads, nullptr});
+  }
+  if (aoti_pkgs_.empty()) {
+    std::string why;
+    for (const auto &r : rejected) why += (why.empty() ? "" : "; ") + r;
+    aoti_status_ = aoti_base_status_ = "TorchScript (" + why + ")";
+    return;
+  }
+  select_aoti();
+}
+
+std::vector<int> Model::aoti_thread_counts() const {
+  std::vector<int> out;
+  for (const auto &p : aoti_pkgs_) out.push_back(p.threads);
+  return out;
+}
+
+// The package compiled for the current intra-op thread count (a package compiled for N threads
+// runs its parallel loops on N threads whatever the caller set, and its kernels were tuned for
+// N): loaded on first use, re-selected whenever the count changes.
+void Model::select_aoti() {
+  if (aoti_pkgs_.empty()) return;
+  const int now = device_.is_cuda() ? 0 : at::get_num_threads();
+  if (now == aoti_for_threads_) return;
+  aoti_for_threads_ = now;
+  aoti_.reset();
+  AotiPackage *pick = nullptr;
+  for (auto &p : aoti_pkgs_)
+    if (p.threads == now) pick = &p;
+  if (!pick)
+    for (auto &p : aoti_pkgs_)
+      if (p.threads == 0) pick = &p;
+  if (!pick) {
+    std::string have;
+    for (const auto &p : aoti_pkgs_) have += (have.empty() ? "" : ", ") + std::to_string(p.threads);
+    aoti_status_ = "TorchScript (AOTInductor packages are compiled for " + have +
+                   " thread(s), this run uses " + std::to_string(now) +
+                   "; export with --aoti-threads " + std::to_string(now) + " to add one)";
     std::fprintf(stderr, "polyget: %s: %s\n", path_.c_str(), aoti_status_.c_str());
-  };
-  if (!file_readable(pkg)) return skip("file not found; re-export to write it");
-  std::unordered_map<std::string, std::string> pm;
-  try {
-    pm = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(pkg, "model");
-  } catch (const std::exception &e) {
-    return skip(std::string("unreadable package: ") + first_line(e.what()));
+    return;
   }
-  auto get = [&](const char *k) { auto it = pm.find(k); return it == pm.end() ? std::string() : it->second; };
-  if (get("polyget.format") != "polyget-aoti" || get("polyget.format_version") != "1")
-    return skip("not a polyget AOTInductor package of format 1");
-  if (meta_.fingerprint.empty() || get("polyget.fingerprint") != meta_.fingerprint)
-    return skip("its weights fingerprint differs from this TorchScript file's (stale package)");
-  if (get("polyget.dtype") != meta_.dtype) return skip("dtype " + get("polyget.dtype"));
-  const std::string pdev = get("polyget.device");
-  if ((pdev == "cuda") != device_.is_cuda())
-    return skip("compiled for " + pdev + ", running on " + device_.str());
-  if (pdev == "cpu") {
-    // a package compiled for AVX-512 must not run where only AVX2 is (illegal instruction)
-    const std::string isa = get("polyget.isa");
-    std::string cap = at::get_cpu_capability();
-    std::transform(cap.begin(), cap.end(), cap.begin(), ::tolower);
-    if (isa.rfind("avx512", 0) == 0 && cap.rfind("avx512", 0) != 0)
-      return skip("compiled for " + isa + ", this CPU (or ATEN_CPU_CAPABILITY) offers " + cap);
+  if (!pick->loader) {
+    try {
+      pick->loader = std::make_shared<torch::inductor::AOTIModelPackageLoader>(
+          pick->path, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
+          device_.is_cuda() ? device_.index() : static_cast<c10::DeviceIndex>(-1));
+    } catch (const std::exception &e) {
+      aoti_status_ = "TorchScript (" + pick->path + " not used: cannot load: " +
+                     first_line(e.what()) + ")";
+      std::fprintf(stderr, "polyget: %s: %s\n", path_.c_str(), aoti_status_.c_str());
+      aoti_pkgs_.erase(aoti_pkgs_.begin() + (pick - aoti_pkgs_.data()));  // never tried again
+      return;
+    }
   }
-  try {
-    auto loader = std::make_shared<torch::inductor::AOTIModelPackageLoader>(
-        pkg, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
-        device_.is_cuda() ? device_.index() : static_cast<c10::DeviceIndex>(-1));
-    aoti_ = loader;
-  } catch (const std::exception &e) {
-    return skip(std::string("cannot load: ") + first_line(e.what()));
-  }
-  aoti_status_ = "AOTInductor " + pkg;
+  aoti_ = pick->loader;
+  aoti_status_ = "AOTInductor " + pick->path +
+                 (pick->threads > 0 ? " (" + std::to_string(pick->threads) + " thread(s))" : "");
 }
 
 // One evaluation on a small synthetic graph at load time, so that one-time costs (allocator
@@ -402,6 +486,7 @@ void Model::compute(int64_t natoms, const int64_t *species, int64_t nedges, cons
   torch::Tensor sp, ei, ev;
   upload(natoms, species, nedges, edge_i, edge_j, edge_vec, sp, ei, ev);
   if (!dump_prefix_.empty()) debug_dump(sp, ei, ev, nlocal);
+  select_aoti();
   if (aoti_ && natoms >= 2 && nedges >= 2) {
     // the package always computes fij (one fused forward + backward)
     run_aoti(natoms, nedges, nlocal, sp, ei, ev);

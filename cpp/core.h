@@ -97,12 +97,19 @@ class Model {
   int64_t natoms() const { return natoms_; }
   int64_t nedges() const { return nedges_; }
 
-  // The AOTInductor package (metadata aoti_package) runs compute() when it was found, matches
-  // this file (fingerprint, dtype, device, CPU instruction set) and POLYGET_AOTI is not 0; the
-  // TorchScript model runs compute_halo() and whatever the package cannot (fewer than 2 atoms
-  // or edges). aoti_status() says which and why ("" until the constructor ran).
+  // The AOTInductor package (metadata aoti_package: one file name, or several separated by
+  // commas, one per CPU thread count) runs compute() when it was found, matches this file
+  // (fingerprint, dtype, device, CPU instruction set), was compiled for the current intra-op
+  // thread count (at::get_num_threads(), checked at every compute(); package metadata
+  // polyget.threads) and POLYGET_AOTI is not 0; the TorchScript model runs compute_halo() and
+  // whatever the package cannot (fewer than 2 atoms or edges, another thread count: one line on
+  // stderr says so). aoti_status() says which and why ("" until the constructor ran).
   bool uses_aoti() const { return aoti_ != nullptr; }
   const std::string &aoti_status() const { return aoti_status_; }
+  // thread counts the usable packages were compiled for (0: any, "dynamic")
+  std::vector<int> aoti_thread_counts() const;
+  // (re)selects the package for the current thread count (compute() does it every call)
+  void select_aoti();
   // seconds the constructor spent loading and warming up the model(s)
   double load_seconds() const { return load_seconds_; }
 
@@ -128,7 +135,15 @@ class Model {
   torch::Device device_;
   torch::ScalarType dtype_;
   torch::jit::Module module_;
-  std::shared_ptr<void> aoti_;  // torch::inductor::AOTIModelPackageLoader (opaque here)
+  struct AotiPackage {
+    std::string path;
+    int threads = 0;                // CPU OpenMP threads compiled in; 0 = any (dynamic, CUDA)
+    std::shared_ptr<void> loader;   // torch::inductor::AOTIModelPackageLoader, loaded on first use
+  };
+  std::vector<AotiPackage> aoti_pkgs_;  // packages that match this file (all thread counts)
+  std::shared_ptr<void> aoti_;  // the loader for the current thread count, or null
+  int aoti_for_threads_ = -1;   // at::get_num_threads() that aoti_ was selected for
+  std::string aoti_base_status_;  // why no package at all (empty when some matched)
   std::string aoti_status_;
   double load_seconds_ = 0.0;
   torch::Tensor weight_buf_;  // [cap_atoms] model dtype: 1 for owned atoms, 0 for ghosts

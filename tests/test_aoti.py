@@ -1,9 +1,12 @@
-"""The AOTInductor package (export --aoti, polyget/compile.py) and its use by the C++ core.
+"""The AOTInductor packages (export --aoti --aoti-threads 1,2, polyget/compile.py) and their
+use by the C++ core, `pair_style polyget` and `pair_style mliap unified`.
 
-One tiny float64 model is compiled once for the module (a few minutes on a small CPU). The
-package must give the eager model's per-atom energies and edge gradients to 1e-10 on graphs of
-other sizes than the one it was traced on; the C++ core must run it (and say so), honour
-nlocal, and fall back to TorchScript when the package is stale or switched off.
+One tiny float64 model is compiled once for the module, for 1 and for 2 CPU threads (about a
+minute on a small CPU). Each package must give the eager model's per-atom energies and edge
+gradients to 1e-10 on graphs of other sizes than the one it was traced on; the C++ core must run
+the package of its current thread count (and say so), fall back to TorchScript at a thread count
+with no package, honour nlocal, and fall back when the package is stale or switched off;
+both LAMMPS pair styles must run it and agree with the ASE calculator.
 """
 
 import os
@@ -26,17 +29,30 @@ pytestmark = [_AOTI_OFF, pytest.mark.skipif(shutil.which(os.environ.get("CXX", "
                                 shutil.which("c++") is None, reason="no C++ compiler for AOTInductor")]
 
 
+THREADS = (1, 2)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from polyget.export import aoti_path, export_model
+    from polyget.io import atomic_save, make_checkpoint
 
     d = tmp_path_factory.mktemp("aoti")
     model = tiny_model(torch.float64, num_layers=3)
-    pt, jit = export_model(model, d / "tiny.pt", dtype="float64", aoti=True)
-    pkg = aoti_path(jit)
-    if not pkg.exists():
+    atomic_save(make_checkpoint(model), d / "tiny.ckpt")
+    pt, jit = export_model(model, d / "tiny.pt", dtype="float64", aoti=True, aoti_threads="1,2")
+    pkgs = {t: aoti_path(jit, t) for t in THREADS}
+    if not all(p.exists() for p in pkgs.values()):
         pytest.skip("AOTInductor compilation failed on this machine (export fell back)")
-    return model, pt, jit, pkg
+    return model, pt, jit, pkgs
+
+
+@pytest.fixture
+def threads():
+    """torch.set_num_threads for one test (restored afterwards)."""
+    old = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(old)
 
 
 def periodic(seed):
@@ -47,36 +63,40 @@ def periodic(seed):
     return a
 
 
-def test_package_equals_eager(exported):
-    from polyget.compile import load_aoti
+def test_package_equals_eager(exported, threads):
+    from polyget.compile import load_aoti, package_metadata
 
-    model, _, _, pkg = exported
-    run = load_aoti(pkg)
-    for atoms in (polymer_like(1), periodic(2), polymer_like(3)[:5]):
-        g = atoms_to_graph(atoms, model.elements, model.cutoff)
-        ref = evaluate(model, g)
-        n = len(atoms)
-        w = torch.ones(n, dtype=torch.float64)
-        ae, fij = run(g.species, g.edge_index, g.edge_vec.clone(), w)
-        assert (ae - ref["atom_energies"]).abs().max().item() < 1e-10
-        assert (fij - ref["fij"]).abs().max().item() < 1e-10
-        # atom_weight selects whose energy is differentiated (owned atoms in the engines)
-        w[n // 2:] = 0
-        _, fij_half = run(g.species, g.edge_index, g.edge_vec.clone(), w)
-        ev = g.edge_vec.clone().requires_grad_(True)
-        (expect,) = torch.autograd.grad(model(g.species, g.edge_index, ev)[: n // 2].sum(), ev)
-        assert (fij_half - expect).abs().max().item() < 1e-10
+    model, _, _, pkgs = exported
+    for t, pkg in pkgs.items():
+        assert package_metadata(pkg)["polyget.threads"] == str(t)
+        threads(t)
+        run = load_aoti(pkg)
+        for atoms in (polymer_like(1), periodic(2), polymer_like(3)[:5]):
+            g = atoms_to_graph(atoms, model.elements, model.cutoff)
+            ref = evaluate(model, g)
+            n = len(atoms)
+            w = torch.ones(n, dtype=torch.float64)
+            ae, fij = run(g.species, g.edge_index, g.edge_vec.clone(), w)
+            assert (ae - ref["atom_energies"]).abs().max().item() < 1e-10
+            assert (fij - ref["fij"]).abs().max().item() < 1e-10
+            # atom_weight selects whose energy is differentiated (owned atoms in the engines)
+            w[n // 2:] = 0
+            _, fij_half = run(g.species, g.edge_index, g.edge_vec.clone(), w)
+            ev = g.edge_vec.clone().requires_grad_(True)
+            (expect,) = torch.autograd.grad(model(g.species, g.edge_index, ev)[: n // 2].sum(), ev)
+            assert (fij_half - expect).abs().max().item() < 1e-10
 
 
-def test_metadata_names_the_package(exported):
+def test_metadata_names_the_packages(exported):
     from polyget.compile import model_fingerprint
     from polyget.lammps.mliap import PolyGETMLIAP  # noqa: F401  (unpickling needs it)
 
     from polyget import contract
 
-    model, pt, jit, pkg = exported
+    model, pt, jit, pkgs = exported
     meta = contract.read_metadata(jit)  # optional contract records aoti_package, fingerprint
-    assert meta["aoti_package"] == pkg.name
+    assert meta["aoti_package"] == "tiny.aoti-t1.pt2,tiny.aoti-t2.pt2"
+    assert [pkgs[t].name for t in THREADS] == meta["aoti_package"].split(",")
     assert meta["fingerprint"] == model_fingerprint(model)
     assert contract.read_metadata(pt)["fingerprint"] == meta["fingerprint"]  # the ML-IAP file
     try:
@@ -84,7 +104,7 @@ def test_metadata_names_the_package(exported):
     except ImportError:
         return
     cpp = _core.read_metadata(str(jit))
-    assert (cpp["aoti_package"], cpp["fingerprint"]) == (pkg.name, meta["fingerprint"])
+    assert (cpp["aoti_package"], cpp["fingerprint"]) == (meta["aoti_package"], meta["fingerprint"])
 
 
 def _native():
@@ -95,21 +115,32 @@ def _native():
     return native
 
 
-def test_core_runs_the_package(exported):
+def test_core_runs_the_package_of_its_thread_count(exported, threads):
     native = _native()
-    model, _, jit, _ = exported
+    model, _, jit, pkgs = exported
+    threads(1)
     nm = native.NativeModel(jit)
     assert nm.uses_aoti, nm.aoti_status
+    assert str(pkgs[1]) in nm.aoti_status and "(1 thread" in nm.aoti_status
+    assert sorted(nm.aoti_thread_counts) == [1, 2]
     assert nm.load_seconds > 0
     atoms = periodic(4)
     g = atoms_to_graph(atoms, model.elements, model.cutoff)
     ref = evaluate(model, g)
-    e, ae, fij = nm.compute(g.species, g.edge_index, g.edge_vec)
-    assert abs(e - ref["energy"].item()) < 1e-10
-    assert (fij - ref["fij"]).abs().max().item() < 1e-10
+    for t in (1, 2, 3, 1):
+        threads(t)
+        e, ae, fij = nm.compute(g.species, g.edge_index, g.edge_vec)
+        if t in pkgs:  # the package compiled for this thread count
+            assert nm.uses_aoti and str(pkgs[t]) in nm.aoti_status, nm.aoti_status
+        else:  # none for 3 threads: TorchScript, and the status says what to export
+            assert not nm.uses_aoti
+            assert "--aoti-threads 3" in nm.aoti_status and "1, 2" in nm.aoti_status
+        assert abs(e - ref["energy"].item()) < 1e-10
+        assert (fij - ref["fij"]).abs().max().item() < 1e-10
     # nlocal: energy and gradient of the first atoms only
     nl = 7
     e7, _, fij7 = nm.compute(g.species, g.edge_index, g.edge_vec, nl)
+    assert nm.uses_aoti
     ev = g.edge_vec.clone().requires_grad_(True)
     out = model(g.species, g.edge_index, ev)[:nl].sum()
     (expect,) = torch.autograd.grad(out, ev)
@@ -117,21 +148,22 @@ def test_core_runs_the_package(exported):
     assert (fij7 - expect).abs().max().item() < 1e-10
 
 
-def test_core_falls_back_when_stale_or_off(exported, tmp_path):
+def test_core_falls_back_when_stale_or_off(exported, tmp_path, threads):
     native = _native()
-    from polyget.export import aoti_path, export_model
+    from polyget.export import export_model
 
-    model, _, jit, pkg = exported
+    model, _, jit, pkgs = exported
+    threads(1)
     # same file names, different weights: the package's fingerprint no longer matches
     other = tiny_model(torch.float64, seed=5, num_layers=3)
     _, jit2 = export_model(other, tmp_path / "tiny.pt", dtype="float64")
     from polyget import contract
 
     meta = contract.read_metadata(jit2)
-    meta["aoti_package"] = pkg.name
+    meta["aoti_package"] = pkgs[1].name
     m = torch.jit.load(str(jit2))
     torch.jit.save(m, str(jit2), _extra_files=contract.metadata_records(meta))
-    shutil.copy(pkg, aoti_path(jit2))
+    shutil.copy(pkgs[1], jit2.with_name(pkgs[1].name))
     nm = native.NativeModel(jit2)
     assert not nm.uses_aoti and "fingerprint" in nm.aoti_status
     g = atoms_to_graph(polymer_like(1), other.elements, other.cutoff)
@@ -144,3 +176,92 @@ def test_core_falls_back_when_stale_or_off(exported, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(jit)], capture_output=True, text=True,
                          env=dict(os.environ, POLYGET_AOTI="0"), timeout=600)
     assert out.stdout.startswith("False") and "POLYGET_AOTI=0" in out.stdout, out.stderr[-2000:]
+
+
+def test_attach_names_a_package_compiled_elsewhere(exported, tmp_path):
+    """attach_aoti adds a package (same weights) to an export written without --aoti."""
+    from polyget import contract
+    from polyget.export import attach_aoti, export_model
+    from polyget.lammps.mliap import load
+
+    model, _, _, pkgs = exported
+    pt, jit = export_model(model, tmp_path / "late.pt", dtype="float64")
+    assert "aoti_package" not in contract.read_metadata(jit)
+    for t in THREADS:
+        dest = attach_aoti(jit, pkgs[t])
+        assert dest.name == "late.aoti-t%d.pt2" % t and dest.is_file()
+    assert contract.read_metadata(jit)["aoti_package"] == "late.aoti-t1.pt2,late.aoti-t2.pt2"
+    assert load(pt).metadata["aoti_package"] == "late.aoti-t1.pt2,late.aoti-t2.pt2"
+    other = tiny_model(torch.float64, seed=5, num_layers=3)
+    _, jit2 = export_model(other, tmp_path / "other.pt", dtype="float64")
+    with pytest.raises(Exception, match="other weights"):
+        attach_aoti(jit2, pkgs[1])
+
+
+# --- mliap unified: the Python ML-IAP object runs the package next to NAME.pt ---------------
+def test_mliap_object_picks_the_package(exported, threads, tmp_path):
+    from polyget.lammps.mliap import load
+
+    model, pt, _, pkgs = exported
+    threads(1)
+    obj = load(pt)
+    assert obj.source_path == str(pt)
+    assert obj.aoti_status.startswith("AOTInductor") and str(pkgs[1]) in obj.aoti_status
+    threads(2)
+    assert str(pkgs[2]) in obj.aoti_status
+    threads(3)
+    assert obj.aoti_status.startswith("TorchScript") and "--aoti-threads 3" in obj.aoti_status
+    # a copy of NAME.pt without its packages: TorchScript, saying why
+    shutil.copy(pt, tmp_path / "alone.pt")
+    threads(1)
+    alone = load(tmp_path / "alone.pt")
+    assert alone.aoti_status.startswith("TorchScript") and "not found" in alone.aoti_status
+
+
+def _lammps_helpers():
+    from test_lammps_common import ase_reference, have_lammps, single_point
+
+    if not have_lammps():
+        pytest.skip("no LAMMPS built (make setup)")
+    return ase_reference, single_point
+
+
+def _molecule_and_melt():
+    return polymer_like(3), periodic(6).repeat((2, 1, 1))
+
+
+def test_mliap_unified_runs_the_package(exported, tmp_path, monkeypatch):
+    """pair_style mliap unified NAME.pt (OMP_NUM_THREADS=1 -> the 1-thread package) == ASE."""
+    ase_reference, single_point = _lammps_helpers()
+    model, pt, _, pkgs = exported
+    ckpt = pt.with_name("tiny.ckpt")
+    for k, atoms in enumerate(_molecule_and_melt()):
+        ref = ase_reference(ckpt, atoms)
+        res = single_point(tmp_path, pt, atoms, ghost=0, tag="aoti%d" % k)
+        assert "mliap unified runs AOTInductor %s" % pkgs[1] in res["output"], res["output"][-3000:]
+        assert res["energy"] == pytest.approx(ref["energy"], abs=1e-8)
+        assert np.abs(res["forces"] - ref["forces"]).max() < 1e-9
+        assert np.abs(res["energies"] - ref["energies"]).max() < 1e-9
+    monkeypatch.setenv("POLYGET_AOTI", "0")
+    res = single_point(tmp_path, pt, atoms, ghost=0, tag="off")
+    assert "mliap unified runs TorchScript (POLYGET_AOTI=0)" in res["output"]
+    assert np.abs(res["forces"] - ref["forces"]).max() < 1e-9
+
+
+def test_pair_style_polyget_runs_the_package(exported, tmp_path):
+    """pair_style polyget NAME.jit.pt (auto: fold on one rank with the package) == ASE."""
+    ase_reference, _ = _lammps_helpers()
+    from test_native_lammps import PLUGIN, lammps_single_point
+
+    if not PLUGIN.is_file():
+        pytest.skip("pair_style polyget plugin not built (make setup)")
+    model, pt, jit, pkgs = exported
+    ckpt = pt.with_name("tiny.ckpt")
+    atoms = _molecule_and_melt()[1]
+    ref = ase_reference(ckpt, atoms)
+    res, out = lammps_single_point(tmp_path, atoms, jit, tag="plugin")
+    assert "model runs as AOTInductor %s" % pkgs[1] in out, out[-3000:]
+    assert "ghosts fold" in out
+    assert res["energy"] == pytest.approx(ref["energy"], abs=1e-8)
+    assert np.abs(res["forces"] - ref["forces"]).max() < 1e-9
+    assert np.abs(res["atom_energies"] - ref["energies"]).max() < 1e-9

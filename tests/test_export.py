@@ -129,3 +129,32 @@ def test_metadata_records_are_plain_text(exported):
     assert float(extra["polyget.cutoff"]) == 4.0 and extra["polyget.elements"] == "H C O"
     assert int(extra["polyget.receptive_hops"]) == 3
     assert float(extra["polyget.min_distance"]) == 0.5
+
+
+def test_aoti_package_names_and_thread_rules():
+    """Per-thread-count package names and the rules that pick one (no compilation here; the
+    compiled packages are tested in test_aoti.py, opt-in)."""
+    from polyget.compile import find_package, package_mismatch
+    from polyget.export import ExportError, aoti_path, parse_threads
+
+    assert aoti_path("d/m.jit.pt", 2).name == "m.aoti-t2.pt2"
+    assert aoti_path("d/m.jit.pt").name == "m.aoti.pt2"
+    assert parse_threads("2,1,2") == [1, 2] and parse_threads(3) == [3]
+    assert parse_threads(None) == [torch.get_num_threads()]
+    for bad in ("0", "a,b", "", [0]):
+        with pytest.raises(ExportError, match="--aoti-threads"):
+            parse_threads(bad)
+    meta = {"fingerprint": "abc", "dtype": "float32"}
+    pm = {"polyget.format": "polyget-aoti", "polyget.format_version": "1",
+          "polyget.fingerprint": "abc", "polyget.dtype": "float32", "polyget.device": "cpu",
+          "polyget.isa": "", "polyget.threads": "2"}
+    assert package_mismatch(pm, meta, "cpu", 2) is None
+    assert "2 thread(s), this run uses 1" in package_mismatch(pm, meta, "cpu", 1)
+    assert package_mismatch(dict(pm, **{"polyget.threads": "dynamic"}), meta, "cpu", 1) is None
+    assert "stale" in package_mismatch(pm, dict(meta, fingerprint="xyz"), "cpu", 2)
+    assert "dtype" in package_mismatch(pm, dict(meta, dtype="float64"), "cpu", 2)
+    assert "compiled for cpu" in package_mismatch(pm, meta, "cuda:0", None)
+    path, status = find_package(REPO, {"aoti_package": "nope.aoti-t1.pt2", **meta}, "cpu", 1)
+    assert path is None and "not found" in status and "--aoti-threads 1" in status
+    path, status = find_package(REPO, meta, "cpu", 1)
+    assert path is None and status == "TorchScript (no AOTInductor package in the metadata)"

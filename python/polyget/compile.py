@@ -110,17 +110,97 @@ def export_aoti(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype,
     an AOTInductor package at ``path``; returns the path. Takes minutes on a small CPU.
 
     CPU threads: the kernels are compiled for ``threads`` OpenMP threads (default
-    ``torch.get_num_threads()``), recorded in the package metadata; ``dynamic_threads`` takes
-    the count at run time instead (Inductor's ``cpp.dynamic_threads``; it gave wrong edge
-    gradients for the paper-size float32 model with torch 2.13, so it is off by default). The
-    package is run on two graphs after compilation and rejected (AotiMismatch, nothing
-    written) unless it reproduces the eager model."""
+    ``torch.get_num_threads()``), recorded in the package metadata (``polyget.threads``; the C++
+    core uses a package only at that thread count); ``dynamic_threads`` takes the count at run
+    time instead (Inductor's ``cpp.dynamic_threads``). The package is run on two graphs after
+    compilation and rejected (AotiMismatch, nothing written) unless it reproduces the eager
+    model."""
+    return export_aoti_packages(model, {threads or torch.get_num_threads(): path}, dtype,
+                                device, metadata, dynamic_threads)[0]
+
+
+def export_aoti_packages(model: nn.Module, paths: Dict[int, str | os.PathLike],
+                         dtype: torch.dtype, device: str = "cpu",
+                         metadata: Optional[Dict[str, str]] = None,
+                         dynamic_threads: bool = False, log=None) -> list:
+    """One AOTInductor package per CPU thread count (``paths``: threads -> file), from one
+    trace and export of the model; each is checked against eager before it is written.
+    Returns the paths written, in the order of ``paths``; raises AotiMismatch for the first
+    package that fails its check (packages already written stay)."""
+    import time
+
     import torch._inductor
 
-    path = Path(path)
     model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    ep = _export_program(model, dtype, device)
+    base = {"polyget.format": AOTI_FORMAT, "polyget.format_version": str(AOTI_FORMAT_VERSION),
+            "polyget.fingerprint": model_fingerprint(model),
+            "polyget.dtype": str(dtype).replace("torch.", ""),
+            "polyget.device": device.split(":")[0],
+            "polyget.isa": _isa_name() if device == "cpu" else "",
+            "polyget.min_atoms": str(AOTI_MIN_ATOMS), "polyget.min_edges": str(AOTI_MIN_EDGES)}
+    base.update(metadata or {})
+    written = []
+    for nthreads, path in paths.items():
+        path = Path(path)
+        meta = dict(base)
+        meta["polyget.threads"] = "dynamic" if dynamic_threads else str(int(nthreads))
+        options = dict(AOTI_INDUCTOR_OPTIONS)
+        options.update({"cpp.dynamic_threads": bool(dynamic_threads),
+                        "aot_inductor.metadata": meta})
+        if not dynamic_threads:
+            options["cpp.threads"] = int(nthreads)
+        tmp = path.with_name(path.name + ".tmp%d.pt2" % os.getpid())
+        t0 = time.time()
+        with _scatter_as_aten():
+            out = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp),
+                                                           inductor_configs=options)
+        if log:
+            log("compiled %s (%s threads) in %.0f s" % (path.name, meta["polyget.threads"],
+                                                       time.time() - t0))
+        old = torch.get_num_threads()
+        try:
+            if not dynamic_threads:
+                torch.set_num_threads(int(nthreads))
+            _verify(model, out, dtype, device)
+        except AotiMismatch:
+            os.unlink(out)
+            raise
+        finally:
+            torch.set_num_threads(old)
+        os.replace(out, path)
+        written.append(path)
+    return written
+
+
+# Inductor options for every package (beyond threads and metadata).
+AOTI_INDUCTOR_OPTIONS: Dict[str, object] = {}
+
+
+class _scatter_as_aten:
+    """Compile with torch's deterministic-algorithms flag on (warn_only), which makes Inductor
+    lower the scatter-adds (index_add -> index_put accumulate) to ATen's index_put_ instead of
+    generating them. Without it, Inductor (torch 2.13, CPU) fuses a scatter-add into the loop
+    of a later gather that reads the scattered buffer, so the gather reads rows before all
+    edges have been added to them: wrong edge gradients (relative error 0.1-0.4) for ET models
+    of 3+ layers (bench/README.md). The flag is restored afterwards; it matters at compile
+    time only (ATen's CPU index_put_ with accumulate is serial, hence deterministic)."""
+
+    def __enter__(self):
+        self.old = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled())
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.old[0], warn_only=self.old[1])
+        return False
+
+
+def _export_program(model: nn.Module, dtype: torch.dtype, device: str):
+    """torch.export of EnergyForces(model), traced through autograd with make_fx; dynamic atom
+    and edge counts."""
     wrapped = EnergyForces(model).eval()
     species, ei, vec = example_graph(list(model.elements), float(model.cutoff))
     inputs = (species.to(device), ei.to(device), vec.to(device=device, dtype=dtype),
@@ -128,29 +208,7 @@ def export_aoti(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype,
     gm = _trace(wrapped, inputs)
     n = torch.export.Dim("natoms", min=AOTI_MIN_ATOMS, max=2 ** 31 - 1)
     e = torch.export.Dim("nedges", min=AOTI_MIN_EDGES, max=2 ** 31 - 1)
-    ep = torch.export.export(gm, inputs, dynamic_shapes=({0: n}, {1: e}, {0: e}, {0: n}))
-    meta = {"polyget.format": AOTI_FORMAT, "polyget.format_version": str(AOTI_FORMAT_VERSION),
-            "polyget.fingerprint": model_fingerprint(model),
-            "polyget.dtype": str(dtype).replace("torch.", ""),
-            "polyget.device": device.split(":")[0],
-            "polyget.isa": _isa_name() if device == "cpu" else "",
-            "polyget.min_atoms": str(AOTI_MIN_ATOMS), "polyget.min_edges": str(AOTI_MIN_EDGES)}
-    meta.update(metadata or {})
-    nthreads = int(threads or torch.get_num_threads())
-    meta["polyget.threads"] = "dynamic" if dynamic_threads else str(nthreads)
-    options = {"cpp.dynamic_threads": bool(dynamic_threads), "aot_inductor.metadata": meta}
-    if not dynamic_threads:
-        options["cpp.threads"] = nthreads
-    tmp = path.with_name(path.name + ".tmp%d.pt2" % os.getpid())
-    out = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp),
-                                                   inductor_configs=options)
-    try:
-        _verify(model, out, dtype, device)
-    except AotiMismatch:
-        os.unlink(out)
-        raise
-    os.replace(out, path)
-    return path
+    return torch.export.export(gm, inputs, dynamic_shapes=({0: n}, {1: e}, {0: e}, {0: n}))
 
 
 def _verify(model: nn.Module, package: str, dtype: torch.dtype, device: str) -> None:
@@ -260,3 +318,65 @@ class CompiledForceLoss:
 
 def compiled_force_loss(model: nn.Module, graph, compile: bool = True) -> CompiledForceLoss:
     return CompiledForceLoss(model, graph, compile)
+
+
+# ---------------------------------------------------------------------------------------------
+# finding and running a package from Python (mliap unified; the C++ core has its own loader,
+# cpp/core.cpp Model::load_aoti, with the same rules)
+# ---------------------------------------------------------------------------------------------
+def package_metadata(path: str | os.PathLike) -> Dict[str, str]:
+    """The metadata a package was compiled with (``polyget.*`` keys), without loading it."""
+    from torch._C._aoti import AOTIModelPackageLoader  # type: ignore[attr-defined]
+
+    return dict(AOTIModelPackageLoader.load_metadata_from_package(str(path), "model"))
+
+
+def package_mismatch(pm: Dict[str, str], meta: Dict[str, object], device: str,
+                     threads: Optional[int]) -> Optional[str]:
+    """Why the package with metadata ``pm`` cannot run the TorchScript file with contract
+    metadata ``meta`` on ``device`` at ``threads`` CPU threads (None: any), or None if it can."""
+    if pm.get("polyget.format") != AOTI_FORMAT or pm.get("polyget.format_version") != str(AOTI_FORMAT_VERSION):
+        return "not a polyget AOTInductor package of format %d" % AOTI_FORMAT_VERSION
+    if not meta.get("fingerprint") or pm.get("polyget.fingerprint") != meta.get("fingerprint"):
+        return "its weights fingerprint differs from the model's (stale package)"
+    if pm.get("polyget.dtype") != meta.get("dtype"):
+        return "dtype %s, the model is %s" % (pm.get("polyget.dtype"), meta.get("dtype"))
+    pdev = pm.get("polyget.device", "cpu")
+    if (pdev == "cuda") != device.startswith("cuda"):
+        return "compiled for %s, running on %s" % (pdev, device)
+    if pdev == "cpu":
+        isa = pm.get("polyget.isa", "")
+        if isa.startswith("avx512") and not str(torch.backends.cpu.get_cpu_capability()).lower().startswith("avx512"):
+            return "compiled for %s, this CPU offers %s" % (isa, torch.backends.cpu.get_cpu_capability())
+        t = pm.get("polyget.threads", "dynamic")
+        if threads is not None and t != "dynamic" and t != str(threads):
+            return "compiled for %s thread(s), this run uses %d" % (t, threads)
+    return None
+
+
+def find_package(directory: str | os.PathLike, meta: Dict[str, object], device: str,
+                 threads: Optional[int]) -> Tuple[Optional[Path], str]:
+    """(path, status) of the package named by ``meta["aoti_package"]`` (comma-separated file
+    names in ``directory``) that can run here; path None when none can, status says why."""
+    names = [n.strip() for n in str(meta.get("aoti_package") or "").split(",") if n.strip()]
+    if os.environ.get("POLYGET_AOTI", "1") == "0":
+        return None, "TorchScript (POLYGET_AOTI=0)"
+    if not names:
+        return None, "TorchScript (no AOTInductor package in the metadata)"
+    why = []
+    for name in names:
+        p = Path(directory) / name
+        if not p.is_file():
+            why.append("%s not found" % p)
+            continue
+        try:
+            pm = package_metadata(p)
+        except Exception as exc:  # pragma: no cover - corrupt file
+            why.append("%s unreadable (%s)" % (p, str(exc).splitlines()[0] if str(exc) else exc))
+            continue
+        bad = package_mismatch(pm, meta, device, threads)
+        if bad is None:
+            return p, "AOTInductor %s (%s thread(s))" % (p, pm.get("polyget.threads"))
+        why.append("%s: %s" % (p.name, bad))
+    hint = ("; export with --aoti-threads %d to add one" % threads) if threads else ""
+    return None, "TorchScript (no usable AOTInductor package: %s%s)" % ("; ".join(why), hint)

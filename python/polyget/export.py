@@ -9,12 +9,14 @@
   (:mod:`polyget.contract`) for ``pair_style polyget``, ``polyget._core`` and the ASE calculator
   (the portable form; also what ``mliap unified`` runs, and what the per-layer halo exchange
   runs);
-* ``NAME.aoti.pt2`` (``--aoti``, opt-in: minutes of compilation, and the package of the current model has not yet
-  passed its eager check on the development machine): the AOTInductor package of
-  the energy-and-forces function (polyget/compile.py), compiled for this machine's CPU (or
-  GPU with ``--device cuda``). The TorchScript metadata names it (``aoti_package``) and both
-  carry the weights' ``fingerprint`` (optional contract records); ``polyget._core`` and ``pair_style polyget`` run it for
-  whole-graph evaluations when it matches, else the TorchScript file.
+* ``NAME.aoti-tN.pt2`` (``--aoti``, opt-in: minutes of compilation each; one per CPU thread
+  count N of ``--aoti-threads 1,2``, default this process's torch thread count): the
+  AOTInductor packages of the energy-and-forces function (polyget/compile.py), compiled for
+  this machine's CPU (or GPU with ``--device cuda``), each checked against the eager model
+  before it is written. The TorchScript metadata names them (``aoti_package``, comma-separated)
+  and all carry the weights' ``fingerprint``; ``polyget._core``, ``pair_style polyget`` and
+  ``mliap unified`` run the one for their current thread count for whole-graph evaluations,
+  else the TorchScript file.
 """
 
 from __future__ import annotations
@@ -107,17 +109,40 @@ def exchange_metadata(model: torch.nn.Module) -> Optional[Dict[str, int]]:
             "exchange_width": int(x[0].numel() + vec[0].numel())}
 
 
-def aoti_path(jit_path: str | os.PathLike) -> Path:
-    """``NAME.jit.pt`` -> ``NAME.aoti.pt2``."""
+def aoti_path(jit_path: str | os.PathLike, threads: Optional[int] = None) -> Path:
+    """``NAME.jit.pt`` -> ``NAME.aoti-tN.pt2`` (the package compiled for N CPU threads), or
+    ``NAME.aoti.pt2`` without ``threads``."""
     p = Path(jit_path)
-    return p.with_name(p.name[:-len(".jit.pt")] + ".aoti.pt2")
+    stem = p.name[:-len(".jit.pt")]
+    return p.with_name(stem + (".aoti.pt2" if threads is None else ".aoti-t%d.pt2" % threads))
+
+
+def parse_threads(text: str | int | List[int] | None) -> List[int]:
+    """``"1,2"`` -> [1, 2]; None -> [torch.get_num_threads()]."""
+    if text is None:
+        return [torch.get_num_threads()]
+    if isinstance(text, int):
+        vals = [text]
+    elif isinstance(text, str):
+        try:
+            vals = [int(t) for t in text.replace(" ", "").split(",") if t]
+        except ValueError:
+            vals = []
+    else:
+        vals = [int(t) for t in text]
+    if not vals or min(vals) < 1:
+        raise ExportError("--aoti-threads wants thread counts >= 1 separated by commas (e.g. "
+                          "1,2), got %r" % (text,))
+    return sorted(set(vals))
 
 
 def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "float64",
                  device: str = "cpu", extra_metadata: Optional[Dict[str, Any]] = None,
-                 aoti: bool = False) -> Tuple[Path, Path]:
+                 aoti: bool = False, aoti_threads=None) -> Tuple[Path, Path]:
     """Write NAME.pt and NAME.jit.pt for an (eager or scripted) polyget-contract model, and
-    with ``aoti`` the AOTInductor package NAME.aoti.pt2 (minutes of compilation)."""
+    with ``aoti`` the AOTInductor packages NAME.aoti-tN.pt2, one per CPU thread count N in
+    ``aoti_threads`` (default: torch.get_num_threads(); "1,2" or [1, 2]; a minute or more of
+    compilation each). The C++ core runs the package of its current thread count."""
     if dtype not in ("float32", "float64"):
         raise ExportError("--dtype must be float32 or float64, got %r" % dtype)
     if not (device == "cpu" or device.startswith("cuda")):
@@ -137,19 +162,27 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
     if aoti:
         if isinstance(model, torch.jit.ScriptModule):
             raise ExportError("an AOTInductor package needs the eager model, not a TorchScript one")
-        from .compile import export_aoti
+        from .compile import export_aoti_packages
 
-        pkg = aoti_path(jit_path)
+        threads = parse_threads(aoti_threads) if not device.startswith("cuda") else [1]
+        want = {t: aoti_path(jit_path, t) for t in threads}
+        written: List[Path] = []
         try:
-            export_aoti(model, pkg, torch_dtype, device=device,
-                        metadata={"polyget.elements": " ".join(model.elements),
-                                  "polyget.cutoff": repr(float(model.cutoff))})
+            written = export_aoti_packages(
+                model, want, torch_dtype, device=device,
+                metadata={"polyget.elements": " ".join(model.elements),
+                          "polyget.cutoff": repr(float(model.cutoff))},
+                log=lambda m: print("export: " + m, file=sys.stderr, flush=True))
         except Exception as exc:  # the portable files are still written
             print("export: warning: no AOTInductor package (%s: %s); writing the TorchScript "
                   "files only" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
                   file=sys.stderr)
-        else:
-            meta["aoti_package"] = pkg.name
+            for p in want.values():  # none of them is named, so none is used
+                if p.exists():
+                    p.unlink()
+            written = []
+        if written:
+            meta["aoti_package"] = ",".join(p.name for p in written)
     extra = metadata_records(meta)
     buf = io.BytesIO()
     torch.jit.save(scripted, buf, _extra_files=extra)
@@ -162,31 +195,40 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
     return pt_path, jit_path
 
 
-def attach_aoti(jit_path: str | os.PathLike, package: str | os.PathLike) -> None:
+def attach_aoti(jit_path: str | os.PathLike, package: str | os.PathLike) -> Path:
     """Name an existing AOTInductor package (compiled earlier for the same weights) in the
-    metadata records of NAME.jit.pt (contract record ``aoti_package``); the package is copied
-    next to it as NAME.aoti.pt2."""
+    metadata records of NAME.jit.pt (contract record ``aoti_package``, a comma-separated list)
+    and of NAME.pt next to it; the package is copied next to them as NAME.aoti-tN.pt2 (N: the
+    thread count it was compiled for). Returns the copy's path."""
     import shutil
 
+    from .compile import package_metadata
     from .contract import read_metadata
 
     jit_path = Path(jit_path)
     meta = read_metadata(jit_path)
     module = torch.jit.load(str(jit_path), map_location="cpu")
-    from torch._C._aoti import AOTIModelPackageLoader  # type: ignore[attr-defined]
-
-    pmeta = AOTIModelPackageLoader.load_metadata_from_package(str(package), "model") \
-        if hasattr(AOTIModelPackageLoader, "load_metadata_from_package") else None
-    if pmeta is not None and pmeta.get("polyget.fingerprint") != meta.get("fingerprint"):
+    pmeta = package_metadata(package)
+    if pmeta.get("polyget.fingerprint") != meta.get("fingerprint"):
         raise ExportError("%s was compiled for other weights (fingerprint %s, the model has %s)"
                           % (package, pmeta.get("polyget.fingerprint"), meta.get("fingerprint")))
-    dest = aoti_path(jit_path)
+    t = pmeta.get("polyget.threads", "dynamic")
+    dest = aoti_path(jit_path, int(t) if t.isdigit() else None)
     if Path(package).resolve() != dest.resolve():
         shutil.copy(package, dest)
-    meta["aoti_package"] = dest.name
+    names = [n for n in str(meta.get("aoti_package") or "").split(",") if n and n != dest.name]
+    meta["aoti_package"] = ",".join(names + [dest.name])
     buf = io.BytesIO()
     torch.jit.save(module, buf, _extra_files=metadata_records(meta))
-    atomic_write(jit_path, buf.getvalue())
+    blob = buf.getvalue()
+    atomic_write(jit_path, blob)
+    pt_path = jit_path.with_name(jit_path.name[:-len(".jit.pt")] + ".pt")
+    if pt_path.exists():  # the ML-IAP file holds the same TorchScript bytes
+        old = torch.load(pt_path, map_location="cpu", weights_only=False)
+        tmp = io.BytesIO()
+        torch.save(PolyGETMLIAP(blob, device=old.device_request), tmp)
+        atomic_write(pt_path, tmp.getvalue())
+    return dest
 
 
 def load_checkpoint_model(ckpt: str | os.PathLike, dtype: str = "float64"):
@@ -205,7 +247,7 @@ def load_checkpoint_model(ckpt: str | os.PathLike, dtype: str = "float64"):
 
 
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float64",
-           device: str = "cpu", aoti: bool = False) -> Tuple[Path, Path]:
+           device: str = "cpu", aoti: bool = False, aoti_threads=None) -> Tuple[Path, Path]:
     """Checkpoint -> (NAME.pt, NAME.jit.pt)."""
     model, ck = load_checkpoint_model(ckpt, dtype)
     extra = {"source_checkpoint": Path(ckpt).name,
@@ -216,7 +258,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float6
             extra["calibration"] = ck["calibration"]
         except TypeError:
             pass
-    return export_model(model, out, dtype=dtype, device=device, extra_metadata=extra, aoti=aoti)
+    return export_model(model, out, dtype=dtype, device=device, extra_metadata=extra, aoti=aoti,
+                        aoti_threads=aoti_threads)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -235,22 +278,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--aoti", action=argparse.BooleanOptionalAction, default=False,
                    help="also compile NAME.aoti.pt2 (AOTInductor; minutes on a small CPU, 2-3x "
                         "faster in pair_style polyget and polyget._core); --no-aoti skips it")
+    p.add_argument("--aoti-threads", default=None, metavar="N[,M...]",
+                   help="CPU thread counts to compile packages for (NAME.aoti-tN.pt2 each; the "
+                        "C++ core runs the one matching its thread count, else TorchScript). "
+                        "Default: this process's torch thread count (OMP_NUM_THREADS)")
     args = p.parse_args(argv)
+    if args.aoti_threads is not None and "--no-aoti" not in (argv or sys.argv):
+        args.aoti = True  # --aoti-threads implies --aoti
     if args.aoti:
         print("export: compiling the AOTInductor package (a few minutes; --no-aoti skips it)",
               flush=True)
     try:
         pt, jit = export(args.checkpoint, args.output, dtype=args.dtype, device=args.device,
-                         aoti=args.aoti)
+                         aoti=args.aoti, aoti_threads=args.aoti_threads)
     except ExportError as exc:
         print("export: error: %s" % exc, file=sys.stderr)
         return 2
     obj = torch.load(pt, map_location="cpu", weights_only=False)
     m = obj.metadata
     print("wrote %s (ML-IAP unified) and %s (TorchScript)" % (pt, jit))
-    if m.get("aoti_package"):
-        print("wrote %s (AOTInductor, used by pair_style polyget / polyget._core)"
-              % aoti_path(jit))
+    for name in filter(None, m.get("aoti_package", "").split(",")):
+        print("wrote %s (AOTInductor, used by pair_style polyget / polyget._core / mliap "
+              "unified)" % jit.with_name(name))
     print("  elements %s, cutoff %.3g A, %d layers (%d message-passing hops), %s, device %s"
           % (" ".join(m["elements"]), m["cutoff"], m["num_layers"], obj.receptive_hops,
              m["dtype"], obj.device_request))

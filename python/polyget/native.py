@@ -85,10 +85,22 @@ class NativeModel:
         self.receptive_hops = int(self._model.receptive_hops)
         self.dtype = str(self._model.dtype)
         self.device = str(self._model.device)
-        # which form compute() runs: the AOTInductor package or TorchScript (and why)
-        self.uses_aoti = bool(self._model.uses_aoti)
-        self.aoti_status = str(self._model.aoti_status)
         self.load_seconds = float(self._model.load_seconds)
+
+    @property
+    def uses_aoti(self) -> bool:
+        """compute() runs the AOTInductor package (at the current ``torch.get_num_threads()``)."""
+        return bool(self._model.uses_aoti)
+
+    @property
+    def aoti_status(self) -> str:
+        """Which form compute() runs (AOTInductor package or TorchScript) and why."""
+        return str(self._model.aoti_status)
+
+    @property
+    def aoti_thread_counts(self) -> list:
+        """Thread counts of the AOTInductor packages that match this file (0: any)."""
+        return list(self._model.aoti_thread_counts)
 
     @property
     def metadata(self) -> dict:

@@ -169,6 +169,9 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         self.torchscript = state["torchscript"]
         self.device_request = state.get("device_request", "cpu")
         self._init_runtime()
+        # where NAME.pt was read from (LAMMPS unpickles it with torch.load(path)): its
+        # AOTInductor packages sit next to it
+        self.source_path = _loading_path()
 
     def _init_runtime(self) -> None:
         try:
@@ -179,6 +182,11 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
                                    ndescriptors=1, nparams=1, rcutfac=0.5 * self.cutoff)
         self._model = None
         self._device = None
+        self._aoti = None           # the package's callable, or None (TorchScript)
+        self._aoti_threads = -1     # torch.get_num_threads() it was chosen for
+        self._aoti_paths = {}       # package path -> loaded callable
+        self._aoti_status = ""
+        self.source_path = getattr(self, "source_path", None)
         self._ctx = None
         self._ctx_for = None
         self._mpi_comm = None
@@ -211,6 +219,48 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
             if os.environ.get("POLYGET_JIT_OPTIMIZE", "0") != "1":
                 torch._C._set_graph_executor_optimize(False)
         return self._model
+
+    @property
+    def aoti_status(self) -> str:
+        """Which form _evaluate runs: the AOTInductor package next to NAME.pt (and its thread
+        count) or TorchScript, and why."""
+        self._select_aoti()
+        return self._aoti_status
+
+    def _select_aoti(self):
+        """The AOTInductor package for this device, dtype, weights and the current torch thread
+        count (polyget.compile.find_package), loaded once; None -> TorchScript. Re-chosen
+        when the thread count changes; one stderr line whenever the choice changes."""
+        import torch
+
+        self._torch_model()
+        threads = torch.get_num_threads() if self._device.type == "cpu" else None
+        if threads == self._aoti_threads:
+            return self._aoti
+        self._aoti_threads = threads
+        from ..compile import find_package, load_aoti
+
+        if self.source_path is None:
+            path, status = None, ("TorchScript (the AOTInductor packages are looked up next to "
+                                  "NAME.pt, and this object was not read from a file)")
+            if not self.metadata.get("aoti_package"):
+                status = "TorchScript (no AOTInductor package in the metadata)"
+        else:
+            path, status = find_package(os.path.dirname(os.path.abspath(self.source_path)),
+                                        self.metadata, str(self._device), threads)
+        self._aoti = None
+        if path is not None:
+            try:
+                if str(path) not in self._aoti_paths:
+                    self._aoti_paths[str(path)] = load_aoti(path)
+                self._aoti = self._aoti_paths[str(path)]
+            except Exception as exc:
+                status = "TorchScript (%s not used: cannot load: %s)" % (
+                    path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        self._aoti_status = status
+        if self.metadata.get("aoti_package") or path is not None:
+            print("polyget: mliap unified runs %s" % status, file=sys.stderr, flush=True)
+        return self._aoti
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
@@ -557,15 +607,24 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
         import torch
 
         model = self._torch_model()
+        aoti = self._select_aoti()
         dev, dtype = self._device, self._dtype
         species = torch.from_numpy(g.species).to(dev)
         edge_index = torch.from_numpy(g.edge_index).to(dev)
-        edge_vec = torch.from_numpy(g.edge_vec).to(device=dev, dtype=dtype).requires_grad_(True)
-        e_atoms = model(species, edge_index, edge_vec)
-        mask = torch.zeros(g.nodes, dtype=e_atoms.dtype, device=dev)
+        mask = torch.zeros(g.nodes, dtype=dtype, device=dev)
         mask[:g.nlocal] = 1.0
         if g.null_atoms.any():
             mask[torch.from_numpy(g.null_atoms).to(dev)] = 0.0
+        edge_vec = torch.from_numpy(g.edge_vec).to(device=dev, dtype=dtype)
+        if aoti is not None and g.nodes >= 2 and edge_vec.shape[0] >= 2:
+            # the compiled energy + edge-gradient function (polyget.compile.EnergyForces):
+            # atom_weight = mask differentiates the owned, non-NULL atoms' energies
+            with torch.no_grad():
+                e_atoms, grad = aoti(species, edge_index.contiguous(), edge_vec.contiguous(), mask)
+            return ((e_atoms * mask).to("cpu", torch.float64).numpy(),
+                    grad.to("cpu", torch.float64).numpy())
+        edge_vec.requires_grad_(True)
+        e_atoms = model(species, edge_index, edge_vec)
         e_owned = e_atoms * mask
         if edge_vec.shape[0]:
             (grad,) = torch.autograd.grad(e_owned.sum(), edge_vec)
@@ -605,6 +664,22 @@ def _write(data, a, energy: float, e_atoms: np.ndarray, fij: np.ndarray) -> None
         data.update_pair_forces(np.ascontiguousarray(fij))
 
 
+def _loading_path():
+    """The file being unpickled, when that is torch.load(path) (what LAMMPS' mliap unified and
+    :func:`load` do), else None."""
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "load" and f.f_code.co_filename.replace("\\", "/").endswith(
+                "torch/serialization.py"):
+            src = f.f_locals.get("f")
+            if isinstance(src, (str, os.PathLike)):
+                return os.fspath(src)
+            name = getattr(src, "name", None)
+            return name if isinstance(name, str) else None
+        f = f.f_back
+    return None
+
+
 def _node_local_rank(comm) -> int:
     """Rank within the node (MPI_COMM_TYPE_SHARED, as the C++ plugin), 0 without MPI."""
     if comm is None:
@@ -636,6 +711,7 @@ def load(path: str) -> PolyGETMLIAP:
     if kind != "mliap":
         raise PolyGETLammpsError(contract.kind_advice(path, kind, "mliap"))
     obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj.source_path = str(path)
     return obj
 
 
