@@ -73,8 +73,8 @@ class Model {
   // The same on owned atoms + ghosts one cutoff wide, for files with metadata.per_layer_exchange:
   // every edge has its centre edge_i[k] < nlocal; the model runs in pieces (embed, then
   // exchange + interact per layer, readout on owned atoms) and `exchange` fills ghost rows
-  // between them (forward) and returns their gradients to the owners (backward, one backward
-  // pass for the whole model). Every MPI rank must call it the same number of times, even
+  // between them (forward) and returns their gradients to the owners (backward: explicit,
+  // piece by piece in reverse order, one reverse exchange per forward exchange). Every MPI rank must call it the same number of times, even
   // with nlocal = 0 or natoms = 0: the exchanges are collective. atom_energy() is valid for
   // [0, nlocal).
   void compute_halo(int64_t natoms, const int64_t *species, int64_t nedges, const int64_t *edge_i,

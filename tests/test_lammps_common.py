@@ -156,3 +156,23 @@ def steps_per_second(output: str) -> Optional[float]:
 
 def deck_files() -> Sequence[Path]:
     return sorted((REPO / "inputs").glob("*.in"))
+
+
+def isolated():
+    """A polymer-like molecule (conftest.polymer_like), no cell."""
+    from conftest import polymer_like
+
+    return polymer_like(seed=3)
+
+
+def periodic():
+    """A polymer-like molecule in a small periodic cell, crossing the cell boundary."""
+    from conftest import polymer_like
+
+    a = polymer_like(seed=4)
+    a.set_cell([9.5, 9.0, 8.5])
+    a.center()
+    a.positions[:, 0] += 3.0  # molecules cross the cell boundary
+    a.pbc = True
+    a.wrap()
+    return a

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import polymer_like
-from test_lammps_common import (LMP, NKTV2P_METAL, REPO, ase_reference, export_tiny, lmp_env,
+from test_lammps_common import (isolated, periodic, LMP, NKTV2P_METAL, REPO, ase_reference, export_tiny, lmp_env,
                                 require_lammps, run_lmp, single_point, write_data)
 
 pytestmark = pytest.mark.lammps
@@ -31,20 +30,6 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     pt, jit, ckpt = export_tiny(d / "tiny.pt")
     return {"dir": d, "pt": pt, "jit": jit, "ckpt": ckpt}
-
-
-def isolated():
-    return polymer_like(seed=3)
-
-
-def periodic():
-    a = polymer_like(seed=4)
-    a.set_cell([9.5, 9.0, 8.5])
-    a.center()
-    a.positions[:, 0] += 3.0  # molecules cross the cell boundary
-    a.pbc = True
-    a.wrap()
-    return a
 
 
 def test_lmp_has_mliap_python():

@@ -1,6 +1,6 @@
 """C++ core per-layer halo exchange (polyget._core.Model.compute_halo) against the Python model.
 
-The C++ autograd function around the exchange (core.cpp) is driven here by an index map
+The exchanges of the C++ core (core.cpp, forward and explicit reverse) are driven here by an index map
 (ghost g copies row owner[g]); in LAMMPS the same function drives comm->forward_comm /
 reverse_comm (tests/test_native_lammps_halo.py).
 """

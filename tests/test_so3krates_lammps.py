@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from conftest import polymer_like
-from test_lammps_common import (REPO, ase_reference, export_tiny, require_lammps, require_mpirun,
+from test_lammps_common import (isolated, periodic, REPO, ase_reference, export_tiny, require_lammps, require_mpirun,
                                 single_point)
 
 pytestmark = pytest.mark.lammps
@@ -36,20 +35,6 @@ def so3(tmp_path_factory):
     d = tmp_path_factory.mktemp("so3_export")
     pt, jit, ckpt = export_tiny(d / "so3.pt", **SO3)
     return {"dir": d, "pt": pt, "jit": jit, "ckpt": ckpt}
-
-
-def isolated():
-    return polymer_like(seed=3)
-
-
-def periodic():
-    a = polymer_like(seed=4)
-    a.set_cell([9.5, 9.0, 8.5])
-    a.center()
-    a.positions[:, 0] += 3.0
-    a.pbc = True
-    a.wrap()
-    return a
 
 
 def melt():

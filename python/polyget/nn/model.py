@@ -16,6 +16,16 @@ from .heads import EquivariantScalar
 from .radial import RADIAL_BASES, CosineCutoff, lookup
 
 
+def owned_rows(t: Tensor, n_local: int) -> Tensor:
+    """Rows 0..n_local-1 of t, ghost rows zero (no-op when there are no ghosts): what every
+    piece of a backbone returns for per-layer exchange (ET here, SO3krates in so3krates.py)."""
+    n = t.shape[0]
+    if n_local >= n:
+        return t
+    shape = [n - n_local] + list(t.shape[1:])
+    return torch.cat([t[:n_local], torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=0)
+
+
 @dataclass
 class ModelConfig:
     """Hyperparameters of the network; stored in every checkpoint. Defaults follow the paper.
@@ -122,14 +132,6 @@ class PolyGET(nn.Module):
         """(c [E], cu [E, 3], rbf [E, R]) of packed edge features."""
         return feats[:, 0], feats[:, 1:4], feats[:, 4:]
 
-    def _owned_rows(self, t: Tensor, n_local: int) -> Tensor:
-        """Rows 0..n_local-1 of t, ghost rows zero (no-op when there are no ghosts)."""
-        n = t.shape[0]
-        if n_local >= n:
-            return t
-        shape = [n - n_local] + list(t.shape[1:])
-        return torch.cat([t[:n_local], torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=0)
-
     @torch.jit.export
     def embed(self, species: Tensor, edge_index: Tensor, feats: Tensor, n_local: int
               ) -> Tuple[Tensor, Tensor]:
@@ -138,7 +140,7 @@ class PolyGET(nn.Module):
         x = self.embedding(species)
         x = self.neighbor_embedding(species, x, edge_index, c, rbf)
         vec = torch.zeros(x.shape[0], 3, x.shape[1], dtype=x.dtype, device=x.device)
-        return self._owned_rows(x, n_local), vec
+        return owned_rows(x, n_local), vec
 
     @torch.jit.export
     def interact(self, layer: int, x: Tensor, vec: Tensor, edge_index: Tensor, feats: Tensor,
@@ -152,7 +154,7 @@ class PolyGET(nn.Module):
                 dx, dvec = mod(x, vec, edge_index, c, cu, mod.filters(rbf), False)
                 x = x + dx
                 vec = vec + dvec
-        return self._owned_rows(x, n_local), self._owned_rows(vec, n_local)
+        return owned_rows(x, n_local), owned_rows(vec, n_local)
 
     @torch.jit.export
     def readout(self, species: Tensor, x: Tensor, vec: Tensor, n_local: int) -> Tensor:

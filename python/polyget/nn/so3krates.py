@@ -33,7 +33,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from .model import ModelConfig
+from .model import ModelConfig, owned_rows
 from .radial import ACTIVATIONS, RADIAL_BASES, CosineCutoff, lookup
 
 # ---------------------------------------------------------------------- spherical harmonics
@@ -270,28 +270,21 @@ class SO3krates(nn.Module):
         k = self.num_rbf
         return feats[:, :k], feats[:, k], feats[:, k + 1:]
 
-    def _owned_rows(self, t: Tensor, n_local: int) -> Tensor:
-        """Rows 0..n_local-1 of t, ghost rows zero (no-op when there are no ghosts)."""
-        n = t.shape[0]
-        if n_local >= n:
-            return t
-        shape = [n - n_local] + list(t.shape[1:])
-        return torch.cat([t[:n_local], torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=0)
-
     @torch.jit.export
     def embed(self, species: Tensor, edge_index: Tensor, feats: Tensor, n_local: int
               ) -> Tuple[Tensor, Tensor]:
         """Element embedding x [N, F] and Euclidean variables ev [N, M] = 0 (no message passing).
 
         ev is built as a zero-weighted sum over the edges, exactly zero with an exactly zero
-        gradient, so that it lies on the autograd path of the edge vectors: engines that exchange
-        (x, ev) before every layer then run one reverse exchange per forward exchange (the C++
-        core checks this; a position-independent first exchange would be skipped by autograd)."""
+        gradient, so that it lies on the autograd path of the edge vectors: an engine whose
+        backward pass is autograd through its exchanges (the ML-IAP Kokkos path) then runs one
+        reverse exchange per forward exchange, which a position-independent first exchange
+        would not get. (The C++ core's backward is explicit and runs every exchange anyway.)"""
         _, cut, ylm = self._unpack(feats)
         x = self.embedding(species)
         ev = torch.zeros(x.shape[0], ylm.shape[1], dtype=x.dtype, device=x.device)
         ev = ev.index_add_(0, edge_index[0], ylm * (0.0 * cut.unsqueeze(-1)))
-        return self._owned_rows(x, n_local), self._owned_rows(ev, n_local)
+        return owned_rows(x, n_local), owned_rows(ev, n_local)
 
     @torch.jit.export
     def interact(self, layer: int, x: Tensor, ev: Tensor, edge_index: Tensor, feats: Tensor,
@@ -303,7 +296,7 @@ class SO3krates(nn.Module):
         for k, mod in enumerate(self.layers):
             if k == layer:
                 x, ev = mod(x, ev, edge_index, rbf, cut, ylm, self.deg)
-        return self._owned_rows(x, n_local), self._owned_rows(ev, n_local)
+        return owned_rows(x, n_local), owned_rows(ev, n_local)
 
     @torch.jit.export
     def readout(self, species: Tensor, x: Tensor, ev: Tensor, n_local: int) -> Tensor:
