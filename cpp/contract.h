@@ -276,6 +276,56 @@ inline std::string min_distance_message(int64_t step, int64_t tag_i, int64_t tag
   return buf;
 }
 
+// ---- stability watchdog (pair_style polyget ... bond_stretch R; python: polyget.md.Watchdog) --
+// Bonds of the start structure: pairs closer than kBondFactor x (sum of covalent radii); a run
+// stops when one of them is longer than R x its start length. Radii: Cordero et al. 2008 (the
+// values ASE's natural_cutoffs uses), for the elements of organic polymers; 0: unknown.
+constexpr double kBondFactor = 1.2;
+inline double covalent_radius(const std::string &el) {
+  static const std::map<std::string, double> r = {
+      {"H", 0.31}, {"He", 0.28}, {"Li", 1.28}, {"Be", 0.96}, {"B", 0.84}, {"C", 0.76},
+      {"N", 0.71}, {"O", 0.66}, {"F", 0.57}, {"Ne", 0.58}, {"Na", 1.66}, {"Mg", 1.41},
+      {"Al", 1.21}, {"Si", 1.11}, {"P", 1.07}, {"S", 1.05}, {"Cl", 1.02}, {"Ar", 1.06},
+      {"K", 2.03}, {"Ca", 1.76}, {"Ge", 1.20}, {"Se", 1.20}, {"Br", 1.20}, {"Sn", 1.39},
+      {"I", 1.39}};
+  auto it = r.find(el);
+  return it == r.end() ? 0.0 : it->second;
+}
+
+inline std::string bond_stretch_message(int64_t step, int64_t tag_i, const std::string &el_i,
+                                        int64_t tag_j, const std::string &el_j, double r,
+                                        double r0, double limit) {
+  char buf[640];
+  if (r > 0)
+    std::snprintf(buf, sizeof buf,
+                  "polyget watchdog: step %lld: bond %s%lld-%s%lld stretched to %.3f A, %.2f x "
+                  "its start length %.3f A (limit bond_stretch %.2f): the molecule is breaking "
+                  "(check the timestep, the thermostat and whether the potential covers this "
+                  "chemistry; bond_stretch 0 turns the check off)",
+                  static_cast<long long>(step), el_i.c_str(), static_cast<long long>(tag_i),
+                  el_j.c_str(), static_cast<long long>(tag_j), r, r / r0, r0, limit);
+  else
+    std::snprintf(buf, sizeof buf,
+                  "polyget watchdog: step %lld: bond %s%lld-%s%lld (start length %.3f A) is "
+                  "broken: the atoms are more than %.2f x that apart (limit bond_stretch %.2f; "
+                  "check the timestep, the thermostat and whether the potential covers this "
+                  "chemistry; bond_stretch 0 turns the check off)",
+                  static_cast<long long>(step), el_i.c_str(), static_cast<long long>(tag_i),
+                  el_j.c_str(), static_cast<long long>(tag_j), r0, limit, limit);
+  return buf;
+}
+
+inline std::string nonfinite_message(int64_t step, const char *what, int64_t tag,
+                                      const std::string &el) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "polyget watchdog: step %lld: non-finite %s on atom %s%lld (NaN or inf): the run "
+                "has blown up or the input is broken; check the data file, the timestep and the "
+                "thermostat (at step 0: the model file may be damaged, re-export it)",
+                static_cast<long long>(step), what, el.c_str(), static_cast<long long>(tag));
+  return buf;
+}
+
 // pair_coeff * * E1 .. En: "" if right, else the message (as polyget.contract)
 inline std::string check_elements_for_types(int ntypes, const std::vector<std::string> &given,
                                             const Metadata &meta) {

@@ -150,7 +150,8 @@ double peak_rss_mb()
 
 static const char *const SYNTAX_STYLE =
     "expected: pair_style polyget NAME.jit.pt [device auto|cpu|cuda|cuda:N] [threads N] "
-    "[ghosts auto|exchange|shell|fold] [min_distance A] [recompute yes|no]";
+    "[ghosts auto|exchange|shell|fold] [min_distance A] [recompute yes|no] "
+    "[bond_stretch R] [bond_every N]";
 
 /* ---------------------------------------------------------------------- */
 
@@ -211,6 +212,10 @@ void PairPolyGET::compute(int eflag, int vflag)
   double **f = atom->f;
   const int nlocal = atom->nlocal;
 
+  // watchdog (before the early return below: the bond check is collective)
+  check_positions();
+  if (bond_stretch > 0.0 && (!bonds_built || update->ntimestep % bond_every == 0)) check_bonds();
+
   // an empty subdomain has no energy and no forces to give; with per-layer exchange it still
   // takes part in every exchange (they are collective, and it may relay ghosts)
   if (nlocal == 0 && mode != GHOSTS_EXCHANGE) {
@@ -238,6 +243,7 @@ void PairPolyGET::compute(int eflag, int vflag)
   } catch (std::exception &e) {
     error->one(FLERR, std::string("pair_style polyget: model evaluation failed: ") + e.what());
   }
+  check_forces();
   if (stats) {
     stat_model_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++stat_calls;
@@ -329,6 +335,179 @@ void PairPolyGET::check_min_distance()
                                                     std::max(ti, tj), std::sqrt(best),
                                                     min_distance,
                                                     polyget::kPairMinDistanceOverride));
+  }
+}
+
+/* ----------------------------------------------------------------------
+   watchdog: non-finite coordinates and model output stop the run with the step and the atom
+   (rank-specific, hence error->one); cost O(atoms + edges), against the model's O(edges x F^2)
+------------------------------------------------------------------------- */
+
+void PairPolyGET::check_positions()
+{
+  double **x = atom->x;
+  for (int i = 0; i < atom->nlocal; i++)
+    if (!(std::isfinite(x[i][0]) && std::isfinite(x[i][1]) && std::isfinite(x[i][2])))
+      error->one(FLERR, polyget::nonfinite_message(update->ntimestep, "position", atom->tag[i],
+                                                   type_elements[atom->type[i]]));
+}
+
+void PairPolyGET::check_forces()
+{
+  const double *g = model->fij();
+  const int64_t n = static_cast<int64_t>(edge_i.size());
+  double sum = 0.0;    // one pass: a NaN or inf anywhere makes the sum non-finite
+  for (int64_t k = 0; k < 3 * n; k++) sum += g[k];
+  if (std::isfinite(sum) && std::isfinite(model->energy())) return;
+  int bad = edge_i.empty() ? 0 : static_cast<int>(edge_i[0]);
+  for (int64_t k = 0; k < n; k++)
+    if (!(std::isfinite(g[3 * k]) && std::isfinite(g[3 * k + 1]) && std::isfinite(g[3 * k + 2]))) {
+      bad = static_cast<int>(edge_i[k]);
+      break;
+    }
+  error->one(FLERR, polyget::nonfinite_message(update->ntimestep, "force or energy from the model",
+                                               atom->tag[bad], type_elements[atom->type[bad]]));
+}
+
+/* ----------------------------------------------------------------------
+   watchdog: bonds of the start structure (pairs closer than kBondFactor x the sum of covalent
+   radii at the first computed step) must stay shorter than bond_stretch x their start length.
+   The bond list is gathered on every rank (a few numbers per atom); each bond is checked on the
+   rank that owns its lower-ID atom, over that atom's neighbour list. A bond whose atoms are no
+   longer within reach of each other is missing from every list: the ranks count the bonds they
+   found (collective), and a shortfall is reported with its atoms.
+------------------------------------------------------------------------- */
+
+void PairPolyGET::check_bonds()
+{
+  double **x = atom->x;
+  const tagint *tag = atom->tag;
+  const int *type = atom->type;
+  const int nlocal = atom->nlocal;
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const int ntypes = atom->ntypes;
+  std::vector<double> rcov(ntypes + 1, 0.0);
+  for (int t = 1; t <= ntypes; t++) rcov[t] = polyget::covalent_radius(type_elements[t]);
+
+  if (!bonds_built) {
+    std::vector<double> mine;    // (tag_i, tag_j, r0) triples; tags are exact in a double < 2^53
+    for (int ii = 0; ii < inum; ii++) {
+      const int i = ilist[ii];
+      if (i >= nlocal) continue;
+      const int *jlist = firstneigh[i];
+      for (int jj = 0; jj < numneigh[i]; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        if (tag[j] <= tag[i] || rcov[type[i]] <= 0.0 || rcov[type[j]] <= 0.0) continue;
+        const double rc = polyget::kBondFactor * (rcov[type[i]] + rcov[type[j]]);
+        const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+        const double r2 = dx * dx + dy * dy + dz * dz;
+        if (r2 < rc * rc) {
+          mine.push_back(static_cast<double>(tag[i]));
+          mine.push_back(static_cast<double>(tag[j]));
+          mine.push_back(std::sqrt(r2));
+        }
+      }
+    }
+    int n = static_cast<int>(mine.size());
+    std::vector<int> counts(comm->nprocs), displs(comm->nprocs, 0);
+    MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, world);
+    for (int p = 1; p < comm->nprocs; p++) displs[p] = displs[p - 1] + counts[p - 1];
+    std::vector<double> all(displs.back() + counts.back());
+    MPI_Allgatherv(mine.data(), n, MPI_DOUBLE, all.data(), counts.data(), displs.data(),
+                   MPI_DOUBLE, world);
+    bond_index.clear();
+    bond_ti.clear();
+    bond_tj.clear();
+    bond_r0.clear();
+    for (size_t k = 0; k + 2 < all.size(); k += 3) {
+      const auto key = std::make_pair(static_cast<tagint>(all[k]), static_cast<tagint>(all[k + 1]));
+      auto it = bond_index.find(key);
+      if (it != bond_index.end()) {    // a periodic image of the same pair: keep the nearest
+        bond_r0[it->second] = std::min(bond_r0[it->second], all[k + 2]);
+        continue;
+      }
+      bond_index.emplace(key, static_cast<int>(bond_ti.size()));
+      bond_ti.push_back(key.first);
+      bond_tj.push_back(key.second);
+      bond_r0.push_back(all[k + 2]);
+    }
+    bond_rmin.assign(bond_r0.size(), -1.0);
+    bond_li.assign(bond_r0.size(), -1);
+    bond_lj.assign(bond_r0.size(), -1);
+    bonds_built = true;
+    if (comm->me == 0)
+      utils::logmesg(lmp, "pair_style polyget: watchdog: {} bonds of this structure (pairs within "
+                          "{} x the covalent radii) must stay below {} x their length (checked "
+                          "every {} step(s)); non-finite positions and forces stop the run\n",
+                     bond_r0.size(), polyget::kBondFactor, bond_stretch, bond_every);
+    return;
+  }
+
+  // nearest image of each bond this rank holds (its lower-ID atom is owned here), over the
+  // whole neighbour list: a bond past the limit is reported with its length while its atoms
+  // are within the list's reach (cutoff + skin)
+  bond_touched.clear();
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= nlocal) continue;
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (tag[j] <= tag[i]) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      const double r2 = dx * dx + dy * dy + dz * dz;
+      auto it = bond_index.find(std::make_pair(tag[i], tag[j]));
+      if (it == bond_index.end()) continue;
+      const int b = it->second;
+      const double r = std::sqrt(r2);
+      if (bond_rmin[b] < 0.0) bond_touched.push_back(b);
+      if (bond_rmin[b] < 0.0 || r < bond_rmin[b]) {
+        bond_rmin[b] = r;
+        bond_li[b] = i;
+        bond_lj[b] = j;
+      }
+    }
+  }
+  int worst = -1;
+  double worst_ratio = bond_stretch;
+  for (int b : bond_touched)
+    if (bond_rmin[b] / bond_r0[b] > worst_ratio) {
+      worst_ratio = bond_rmin[b] / bond_r0[b];
+      worst = b;
+    }
+  const double worst_r = worst >= 0 ? bond_rmin[worst] : 0.0;
+  const int nfound = static_cast<int>(bond_touched.size());
+  for (int b : bond_touched) bond_rmin[b] = -1.0;
+  int ntotal = 0;
+  MPI_Allreduce(&nfound, &ntotal, 1, MPI_INT, MPI_SUM, world);
+  if (worst >= 0)
+    error->one(FLERR, polyget::bond_stretch_message(update->ntimestep, bond_ti[worst],
+                                                    type_elements[type[bond_li[worst]]],
+                                                    bond_tj[worst],
+                                                    type_elements[type[bond_lj[worst]]], worst_r,
+                                                    bond_r0[worst], bond_stretch));
+  if (ntotal < static_cast<int>(bond_r0.size())) {
+    // which bond: flags of the found ones, combined over the ranks (rare path)
+    std::vector<int> seen(bond_r0.size(), 0), any(bond_r0.size(), 0);
+    for (int ii = 0; ii < inum; ii++) {
+      const int i = ilist[ii];
+      if (i >= nlocal) continue;
+      const int *jlist = firstneigh[i];
+      for (int jj = 0; jj < numneigh[i]; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        auto it = bond_index.find(std::make_pair(tag[i], tag[j]));
+        if (it != bond_index.end()) seen[it->second] = 1;
+      }
+    }
+    MPI_Allreduce(seen.data(), any.data(), static_cast<int>(seen.size()), MPI_INT, MPI_MAX, world);
+    size_t b = 0;
+    while (b < any.size() && any[b]) ++b;
+    if (b == any.size()) b = 0;
+    error->all(FLERR, polyget::bond_stretch_message(update->ntimestep, bond_ti[b], "", bond_tj[b],
+                                                    "", -1.0, bond_r0[b], bond_stretch));
   }
 }
 
@@ -457,6 +636,8 @@ void PairPolyGET::settings(int narg, char **arg)
   int ghosts = GHOSTS_AUTO;
   double mindist = -1.0;    // < 0: the model's metadata min_distance
   bool recompute = false;
+  double stretch = 0.0;
+  int every = 1;
   int iarg = 1;
   while (iarg < narg) {
     if (strcmp(arg[iarg], "device") == 0) {
@@ -497,6 +678,22 @@ void PairPolyGET::settings(int narg, char **arg)
       if (iarg + 2 > narg)
         error->all(FLERR, std::string("pair_style polyget: recompute needs yes or no; ") + SYNTAX_STYLE);
       recompute = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+      iarg += 2;
+    } else if (strcmp(arg[iarg], "bond_stretch") == 0) {
+      if (iarg + 2 > narg)
+        error->all(FLERR, std::string("pair_style polyget: bond_stretch needs a ratio (e.g. 1.6; "
+                                      "0 turns the watchdog off); ") + SYNTAX_STYLE);
+      stretch = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (!(stretch == 0.0 || stretch > 1.0))
+        error->all(FLERR, "pair_style polyget: bond_stretch must be 0 (off) or a ratio > 1 of "
+                          "the start bond length, e.g. 1.6");
+      iarg += 2;
+    } else if (strcmp(arg[iarg], "bond_every") == 0) {
+      if (iarg + 2 > narg)
+        error->all(FLERR, std::string("pair_style polyget: bond_every needs a number of steps; ") +
+                              SYNTAX_STYLE);
+      every = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (every < 1) error->all(FLERR, "pair_style polyget: bond_every must be >= 1 (steps)");
       iarg += 2;
     } else {
       error->all(FLERR, std::string("pair_style polyget: unknown keyword '") + arg[iarg] + "'; " +
@@ -550,6 +747,9 @@ void PairPolyGET::settings(int narg, char **arg)
   halo = model->interaction_range();
   min_distance_request = mindist;
   min_distance = mindist >= 0.0 ? mindist : model->metadata().min_distance;
+  bond_stretch = stretch;
+  bond_every = every;
+  bonds_built = false;    // the next computed structure gives the reference bonds
 
   if (comm->me == 0)
     utils::logmesg(lmp,

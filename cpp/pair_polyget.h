@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace polyget {
@@ -56,6 +58,9 @@ class PairPolyGET : public Pair {
   void allocate();
   void build_edges(int mode);
   void check_min_distance();    // contract rule: stop on a pair closer than min_distance
+  void check_positions();       // watchdog: non-finite coordinates of owned atoms
+  void check_forces();          // watchdog: non-finite model output
+  void check_bonds();           // watchdog: bonds of the start structure (bond_stretch > 0)
   [[noreturn]] void model_error_all(const std::string &where, const std::string &what);
 
   std::unique_ptr<polyget::Model> model;
@@ -71,6 +76,23 @@ class PairPolyGET : public Pair {
   int ghost_mode;          // requested
   int mode;                // chosen in init_style: GHOSTS_EXCHANGE, GHOSTS_SHELL or GHOSTS_FOLD
   int nexchange_calls;     // forward + reverse exchanges in the last compute (for checks)
+
+  // stability watchdog (keywords bond_stretch R, bond_every N): bonds of the first computed
+  // structure, replicated on every rank, keyed by the atom IDs (smaller first)
+  double bond_stretch = 0.0;    // 0: off
+  int bond_every = 1;
+  bool bonds_built = false;
+  struct TagPairHash {
+    size_t operator()(const std::pair<tagint, tagint> &p) const
+    {
+      return std::hash<long long>()(static_cast<long long>(p.first) * 1000003LL ^
+                                    static_cast<long long>(p.second));
+    }
+  };
+  std::unordered_map<std::pair<tagint, tagint>, int, TagPairHash> bond_index;
+  std::vector<tagint> bond_ti, bond_tj;
+  std::vector<double> bond_r0, bond_rmin;
+  std::vector<int> bond_touched, bond_li, bond_lj;    // bonds seen this check; local atoms
 
   // POLYGET_STATS=1: one line per rank at exit (graph sizes, model time, peak memory)
   bool stats;
