@@ -7,7 +7,8 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-python setup-lammps setup-native test demo bench data-mini data-full data-v1 clean
+.PHONY: setup setup-python setup-lammps setup-native test demo bench data-mini data-full data-v1 clean \
+        splits md-15loops ablations active-learning
 
 setup: setup-python setup-lammps setup-native
 
@@ -62,6 +63,36 @@ data-v1: setup-python
 
 data-full: setup-python
 	OMP_NUM_THREADS=1 $(VENV)/bin/polyget data generate --preset full --workers 2 -o build/poly24
+
+# Experiments of docs/results.md (long CPU jobs; resumable: run the same target again to go on).
+# They need the dataset-v1 splits in build/ (`make splits`).
+splits: setup-python
+	test -f build/poly24-v1-splits/train.extxyz.gz || $(VENV)/bin/polyget data split \
+	    data/poly24-v1-gfn2.extxyz.xz -o build/poly24-v1-splits --test-loops 6 \
+	    --heldout-families CK4,LAC7,OTH5
+
+# 15-loop NVT of CK6/OTH4/LAC2/LAC5 with polyget-cho (pair_style polyget), MD_HOURS of wall time
+# per call, towards MD_PS ps per loop; then NVE drift and the analysis (GFN2 on own frames).
+MD_HOURS ?= 2
+MD_PS ?= 100
+md-15loops: setup
+	$(PY) experiments/md_long.py run --hours $(MD_HOURS) --ps $(MD_PS)
+	$(PY) experiments/md_long.py nve --ps 1
+	$(PY) experiments/md_long.py analyse
+
+# force-only vs joint, single- vs multi-family (same steps for every arm)
+ablations: setup splits
+	$(PY) experiments/ablations.py --steps 1500
+
+# one active-learning round: 600 K MD of every family's 6-loop, GFN2 labels, continued training,
+# the MD again with the new model
+active-learning: setup splits
+	$(PY) experiments/active_learning.py md --tag r0 --steps 1200
+	$(PY) experiments/active_learning.py label --tag r0 --steps 1200
+	$(PY) experiments/active_learning.py train --steps 1500
+	$(PY) python/export.py runs/polyget-cho-r1/best.ckpt -o runs/polyget-cho-r1/polyget-cho-r1.pt --dtype float32 --no-aoti
+	$(PY) experiments/active_learning.py md --tag r1 --steps 1200 --model runs/polyget-cho-r1/polyget-cho-r1.jit.pt
+	$(PY) experiments/active_learning.py report --steps 1200
 
 clean:
 	rm -rf build python/polyget/*.so

@@ -120,6 +120,7 @@ def run_chunk(args, fam: str, d: Path, st: dict) -> bool:
             return False
         raise RuntimeError(f"{fam}: chunk {k} failed: {msg} (deck {d / 'chunk.in'}, log {log})")
     (d / "next.restart").replace(d / "last.restart")
+    _compress(dump)
     st["chunks"] = k + 1
     st["steps"] += nsteps
     st.setdefault("walls", []).append(wall)
@@ -127,6 +128,20 @@ def run_chunk(args, fam: str, d: Path, st: dict) -> bool:
     print(f"{fam}: chunk {k} done, {st['steps'] * DT_FS / 1000:.1f} ps, {nsteps / wall:.2f} steps/s",
           flush=True)
     return True
+
+
+def _compress(dump: Path):
+    """chunkNNNN.dump -> chunkNNNN.dump.xz (a third of the size; ase.io reads either)."""
+    import lzma
+    if dump.exists():
+        with open(dump, "rb") as src, lzma.open(str(dump) + ".xz", "wb", preset=6) as dst:
+            dst.write(src.read())
+        dump.unlink()
+
+
+def _dump_of(d: Path, k: int) -> Path:
+    plain = d / f"chunk{k:04d}.dump"
+    return plain if plain.exists() else Path(str(plain) + ".xz")
 
 
 def cmd_run(args):
@@ -162,7 +177,7 @@ def cmd_nve(args):
                 + BODY.format(model=Path(args.nve_model or args.model).resolve(),
                               threads=args.threads, watchdog=args.watchdog, dt=DT_FS / 1000,
                               thermo=20, every=nsteps, dump=d / "nve.dump")
-                + "unfix nvt\n" * 0 + f"fix nve all nve\nrun {nsteps}\n")
+                + f"fix nve all nve\nrun {nsteps}\n")
         (d / "nve.in").write_text(deck)
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         p = subprocess.run([_lmp(args), "-in", str(d / "nve.in"), "-log", str(log), "-screen", "none"],
@@ -222,7 +237,7 @@ def cmd_analyse(args):
             th = _thermo((d / f"chunk{k:04d}.log").read_text())
             if len(th):
                 thermo.append(th)
-            for f in ase.io.read(d / f"chunk{k:04d}.dump", ":", format="lammps-dump-text"):
+            for f in ase.io.read(_dump_of(d, k), ":", format="lammps-dump-text"):
                 s = int(f.info.get("timestep", 0))
                 if s in frames:
                     continue

@@ -276,8 +276,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="device the ML-IAP model runs on: cpu or cuda (falls back to the CPU "
                         "with a warning where CUDA is absent; POLYGET_DEVICE overrides at run time)")
     p.add_argument("--aoti", action=argparse.BooleanOptionalAction, default=False,
-                   help="also compile NAME.aoti.pt2 (AOTInductor; minutes on a small CPU, 2-3x "
-                        "faster in pair_style polyget and polyget._core); --no-aoti skips it")
+                   help="also compile NAME.aoti.pt2 (AOTInductor; minutes to tens of minutes on a "
+                        "small CPU; an exact 3-layer package ran 1.4x faster than eager in CPU "
+                        "time, bench/README.md; a package that fails the export's force check "
+                        "is refused and TorchScript is used); default --no-aoti")
     p.add_argument("--aoti-threads", default=None, metavar="N[,M...]",
                    help="CPU thread counts to compile packages for (NAME.aoti-tN.pt2 each; the "
                         "C++ core runs the one matching its thread count, else TorchScript). "
