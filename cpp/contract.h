@@ -295,23 +295,21 @@ inline double covalent_radius(const std::string &el) {
 inline std::string bond_stretch_message(int64_t step, int64_t tag_i, const std::string &el_i,
                                         int64_t tag_j, const std::string &el_j, double r,
                                         double r0, double limit) {
-  char buf[640];
+  // r > 0: the bond's length now; r <= 0: its atoms are out of each other's neighbour range
+  char what[256], buf[768];
   if (r > 0)
-    std::snprintf(buf, sizeof buf,
-                  "polyget watchdog: step %lld: bond %s%lld-%s%lld stretched to %.3f A, %.2f x "
-                  "its start length %.3f A (limit bond_stretch %.2f): the molecule is breaking "
-                  "(check the timestep, the thermostat and whether the potential covers this "
-                  "chemistry; bond_stretch 0 turns the check off)",
-                  static_cast<long long>(step), el_i.c_str(), static_cast<long long>(tag_i),
-                  el_j.c_str(), static_cast<long long>(tag_j), r, r / r0, r0, limit);
+    std::snprintf(what, sizeof what, "stretched to %.3f A, %.2f x its start length %.3f A", r,
+                  r / r0, r0);
   else
-    std::snprintf(buf, sizeof buf,
-                  "polyget watchdog: step %lld: bond %s%lld-%s%lld (start length %.3f A) is "
-                  "broken: the atoms are more than %.2f x that apart (limit bond_stretch %.2f; "
-                  "check the timestep, the thermostat and whether the potential covers this "
-                  "chemistry; bond_stretch 0 turns the check off)",
-                  static_cast<long long>(step), el_i.c_str(), static_cast<long long>(tag_i),
-                  el_j.c_str(), static_cast<long long>(tag_j), r0, limit, limit);
+    std::snprintf(what, sizeof what, "(start length %.3f A) is broken: the atoms are more than "
+                  "%.2f x that apart", r0, limit);
+  std::snprintf(buf, sizeof buf,
+                "polyget watchdog: step %lld: bond %s%lld-%s%lld %s (limit bond_stretch %.2f%s): "
+                "check the timestep, the thermostat and whether the potential covers this "
+                "chemistry; bond_stretch 0 turns the check off",
+                static_cast<long long>(step), el_i.c_str(), static_cast<long long>(tag_i),
+                el_j.c_str(), static_cast<long long>(tag_j), what, limit,
+                r > 0 ? "; the molecule is breaking" : "");
   return buf;
 }
 

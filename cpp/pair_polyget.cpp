@@ -384,33 +384,34 @@ void PairPolyGET::check_bonds()
   const tagint *tag = atom->tag;
   const int *type = atom->type;
   const int nlocal = atom->nlocal;
-  const int inum = list->inum;
-  const int *ilist = list->ilist;
-  const int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
   const int ntypes = atom->ntypes;
   std::vector<double> rcov(ntypes + 1, 0.0);
   for (int t = 1; t <= ntypes; t++) rcov[t] = polyget::covalent_radius(type_elements[t]);
+  // fn(i, j, r2) for every neighbour j of an owned atom i with the higher atom ID
+  auto each_pair = [&](auto &&fn) {
+    for (int ii = 0; ii < list->inum; ii++) {
+      const int i = list->ilist[ii];
+      if (i >= nlocal) continue;
+      const int *jlist = list->firstneigh[i];
+      for (int jj = 0; jj < list->numneigh[i]; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        if (tag[j] <= tag[i]) continue;
+        const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+        fn(i, j, dx * dx + dy * dy + dz * dz);
+      }
+    }
+  };
 
   if (!bonds_built) {
     std::vector<double> mine;    // (tag_i, tag_j, r0) triples; tags are exact in a double < 2^53
-    for (int ii = 0; ii < inum; ii++) {
-      const int i = ilist[ii];
-      if (i >= nlocal) continue;
-      const int *jlist = firstneigh[i];
-      for (int jj = 0; jj < numneigh[i]; jj++) {
-        const int j = jlist[jj] & NEIGHMASK;
-        if (tag[j] <= tag[i] || rcov[type[i]] <= 0.0 || rcov[type[j]] <= 0.0) continue;
-        const double rc = polyget::kBondFactor * (rcov[type[i]] + rcov[type[j]]);
-        const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-        const double r2 = dx * dx + dy * dy + dz * dz;
-        if (r2 < rc * rc) {
-          mine.push_back(static_cast<double>(tag[i]));
-          mine.push_back(static_cast<double>(tag[j]));
-          mine.push_back(std::sqrt(r2));
-        }
+    each_pair([&](int i, int j, double r2) {
+      const double rc = polyget::kBondFactor * (rcov[type[i]] + rcov[type[j]]);
+      if (rcov[type[i]] > 0.0 && rcov[type[j]] > 0.0 && r2 < rc * rc) {
+        mine.push_back(static_cast<double>(tag[i]));
+        mine.push_back(static_cast<double>(tag[j]));
+        mine.push_back(std::sqrt(r2));
       }
-    }
+    });
     int n = static_cast<int>(mine.size());
     std::vector<int> counts(comm->nprocs), displs(comm->nprocs, 0);
     MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, world);
@@ -450,27 +451,18 @@ void PairPolyGET::check_bonds()
   // whole neighbour list: a bond past the limit is reported with its length while its atoms
   // are within the list's reach (cutoff + skin)
   bond_touched.clear();
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    if (i >= nlocal) continue;
-    const int *jlist = firstneigh[i];
-    for (int jj = 0; jj < numneigh[i]; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      if (tag[j] <= tag[i]) continue;
-      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      const double r2 = dx * dx + dy * dy + dz * dz;
-      auto it = bond_index.find(std::make_pair(tag[i], tag[j]));
-      if (it == bond_index.end()) continue;
-      const int b = it->second;
-      const double r = std::sqrt(r2);
-      if (bond_rmin[b] < 0.0) bond_touched.push_back(b);
-      if (bond_rmin[b] < 0.0 || r < bond_rmin[b]) {
-        bond_rmin[b] = r;
-        bond_li[b] = i;
-        bond_lj[b] = j;
-      }
+  each_pair([&](int i, int j, double r2) {
+    auto it = bond_index.find(std::make_pair(tag[i], tag[j]));
+    if (it == bond_index.end()) return;
+    const int b = it->second;
+    const double r = std::sqrt(r2);
+    if (bond_rmin[b] < 0.0) bond_touched.push_back(b);
+    if (bond_rmin[b] < 0.0 || r < bond_rmin[b]) {
+      bond_rmin[b] = r;
+      bond_li[b] = i;
+      bond_lj[b] = j;
     }
-  }
+  });
   int worst = -1;
   double worst_ratio = bond_stretch;
   for (int b : bond_touched)
@@ -490,18 +482,9 @@ void PairPolyGET::check_bonds()
                                                     type_elements[type[bond_lj[worst]]], worst_r,
                                                     bond_r0[worst], bond_stretch));
   if (ntotal < static_cast<int>(bond_r0.size())) {
-    // which bond: flags of the found ones, combined over the ranks (rare path)
+    // which bond: the flags of the found ones, combined over the ranks (rare path)
     std::vector<int> seen(bond_r0.size(), 0), any(bond_r0.size(), 0);
-    for (int ii = 0; ii < inum; ii++) {
-      const int i = ilist[ii];
-      if (i >= nlocal) continue;
-      const int *jlist = firstneigh[i];
-      for (int jj = 0; jj < numneigh[i]; jj++) {
-        const int j = jlist[jj] & NEIGHMASK;
-        auto it = bond_index.find(std::make_pair(tag[i], tag[j]));
-        if (it != bond_index.end()) seen[it->second] = 1;
-      }
-    }
+    for (int b : bond_touched) seen[b] = 1;
     MPI_Allreduce(seen.data(), any.data(), static_cast<int>(seen.size()), MPI_INT, MPI_MAX, world);
     size_t b = 0;
     while (b < any.size() && any[b]) ++b;

@@ -5,10 +5,13 @@
    (default 600 K), with the plugin's watchdog (`bond_stretch 1.6`): which runs break, and when;
 2. ``label``: frames of those trajectories (every ``--every`` steps; for a run that broke, the
    frames before the break) labelled with GFN2-xTB -> data file; frames of the held-out
-   families (CK4, LAC7, OTH5) are never labelled, so they stay a test of generalisation;
+   families (CK4, LAC7, OTH5) go to a separate file that is only evaluated on, never trained
+   on, so those families stay a test of generalisation;
 3. ``train``: polyget-cho continued (`training.init_from`) on the training split plus the new
    frames;
-4. ``after``: step 1 again with the new model; ``report`` writes JSON + PNG.
+4. step 1 again with the new model; ``report`` writes JSON: stability of both rounds, and the
+   force MAE of both models on the new frames (training families / held-out families) and on
+   the card's evaluation frames (experiments/results/generalization-cho-r0-*-subset.extxyz).
 
 Every stage skips what it has already done (re-run to continue).
 
@@ -123,9 +126,10 @@ def cmd_label(args):
     done = {a.info["frame_id"] for a in ase.io.read(out, ":")} if out.exists() else set()
     gfn2 = make_calculator("gfn2")
     n_new = 0
+    held = work / f"al-{args.tag}-heldout-eval.extxyz"     # evaluation only, never trained on
+    done |= {a.info["frame_id"] for a in ase.io.read(held, ":")} if held.exists() else set()
     for fam, r in res.items():
-        if fam in HELDOUT:
-            continue
+        dst = held if fam in HELDOUT else out
         a0 = ase.io.read(md / f"{fam}-start.extxyz")
         frames = ase.io.read(md / f"{fam}.dump", ":", format="lammps-dump-text")
         # steps 0 .. the last dumped; skip the start frame (it is in the data set already)
@@ -143,7 +147,7 @@ def cmd_label(args):
             lab.info.update({"family": fam, "loop": args.loop, "config_type": f"al-{args.tag}",
                              "temperature": args.T, "frame_id": fid, "method": "GFN2-xTB",
                              "system": f"{fam}_L{args.loop}"})
-            ase.io.write(out, lab, append=True, format="extxyz")
+            ase.io.write(dst, lab, append=True, format="extxyz")
             n_new += 1
     n = len(ase.io.read(out, ":")) if out.exists() else 0
     print(f"label: {n_new} new frames, {n} in {out}")
@@ -152,7 +156,7 @@ def cmd_label(args):
 def cmd_train(args):
     import yaml
     work = Path(args.work)
-    frames = sorted(str(p) for p in work.glob("al-*-gfn2.extxyz"))
+    frames = sorted(str(p) for p in work.glob("al-*-gfn2.extxyz"))   # not *-heldout-eval
     cfg = {"data": {"train": [str(REPO / "build" / "poly24-v1-splits" / "train.extxyz.gz")]
                     + frames * args.repeat, "val_fraction": 0.03},
            "training": {"loss": "forces", "lr": args.lr, "batch_size": 4, "max_steps": args.steps,
@@ -178,10 +182,44 @@ def cmd_report(args):
             "runs": res, "broken": sorted(f for f, r in res.items() if not r["stable"]),
             "broken_heldout": sorted(f for f, r in res.items() if not r["stable"] and r["heldout"]),
             "n": len(res)}
+    from polyget.evaluate import run_eval
+    models = {"r0": REPO / "potentials" / "polyget-cho.ckpt",
+              "r1": REPO / "runs" / "polyget-cho-r1" / "best.ckpt"}
+    sets = {"AL frames, training families (600 K MD, trained on by r1)": work / "al-r0-gfn2.extxyz",
+            "AL frames, held-out families (600 K MD, never trained on)": work / "al-r0-heldout-eval.extxyz"}
+    for split in ("val", "test_size", "test_family"):
+        sets[f"card set {split}"] = REPO / "experiments" / "results" / f"generalization-cho-r0-{split}-subset.extxyz"
+    out["force_mae"] = {}
+    for name, path in sets.items():
+        if not path.exists():
+            continue
+        out["force_mae"][name] = {}
+        for tag, ck in models.items():
+            if ck.exists():
+                m = run_eval(str(ck), str(path), dtype="float32")["overall"]
+                out["force_mae"][name][tag] = {"mae": m["force_mae"], "cosd": m["force_cosd"],
+                                               "frames": m["n_structures"]}
+        print(name + ": " + ", ".join(f"{t} {v['mae']:.4f} eV/A" for t, v in out["force_mae"][name].items()),
+              flush=True)
     dst = Path(args.results)
     dst.with_suffix(".json").write_text(json.dumps(out, indent=1))
     for tag, r in out["rounds"].items():
         print(f"{tag}: {len(r['broken'])} of {r['n']} broke: {', '.join(r['broken']) or '-'}")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(out["force_mae"])
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    x = np.arange(len(names))
+    for k, tag in enumerate(("r0", "r1")):
+        ax.bar(x + (k - 0.5) * 0.4, [out["force_mae"][n].get(tag, {}).get("mae", np.nan) for n in names],
+               0.4, label=f"polyget-cho {tag}")
+    ax.set_xticks(x)
+    ax.set_xticklabels([n.replace(" (", "\n(") for n in names], fontsize=6)
+    ax.set_ylabel("force MAE vs GFN2-xTB (eV/A)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(dst.with_suffix(".png"), dpi=120)
 
 
 def main(argv=None):
@@ -197,7 +235,7 @@ def main(argv=None):
     p.add_argument("--every", type=int, default=100, help="steps between dumped frames")
     p.add_argument("--stride", type=int, default=2, help="label every n-th dumped frame")
     p.add_argument("--seed", type=int, default=8812)
-    p.add_argument("--repeat", type=int, default=3, help="times the AL frames enter the training data")
+    p.add_argument("--repeat", type=int, default=10, help="times the AL frames enter the training data")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--families", default=None, help="comma list (default: all)")
     p.add_argument("--lmp", default=None)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.lammps
 
 STRETCH = re.compile(r"polyget watchdog: step (\d+): bond ([A-Z][a-z]?)(\d+)-([A-Z][a-z]?)(\d+) "
                      r"stretched to ([0-9.]+) A, ([0-9.]+) x its start length ([0-9.]+) A "
-                     r"\(limit bond_stretch 1.60\)")
+                     r"\(limit bond_stretch 1.60; the molecule is breaking\)")
 
 
 @pytest.fixture(scope="module")
