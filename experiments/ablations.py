@@ -67,7 +67,8 @@ def _score(ckpt: Path, sp: Path, work: Path, max_frames: int, train_frames):
 
     torch.set_num_threads(1)
     model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
-    tr = phi_and_energy(model, train_frames)
+    known = set(model.elements)   # a single-family model knows only its family's elements
+    tr = phi_and_energy(model, [a for a in train_frames if set(a.get_chemical_symbols()) <= known])
     a = np.stack([r["counts"] for r in tr])
     offsets = np.linalg.lstsq(a, np.array([r["e"] - r["phi"] for r in tr]), rcond=None)[0]
     res = {}
@@ -76,6 +77,11 @@ def _score(ckpt: Path, sp: Path, work: Path, max_frames: int, train_frames):
         if not sub.exists():
             fr = read_frames(sp / f"{split}.extxyz.gz")
             write_frames(sub, fr[:: max(1, len(fr) // max_frames)][:max_frames])
+        # (CK6: H, C): score it on the frames it can evaluate ("frames" says how many)
+        fr = read_frames(sub)
+        if not all(set(a.get_chemical_symbols()) <= known for a in fr):
+            sub = work / f"{split}-subset-{'-'.join(model.elements)}.extxyz"
+            write_frames(sub, [a for a in fr if set(a.get_chemical_symbols()) <= known])
         m = run_eval(str(ckpt), str(sub), dtype="float32")
         rows = phi_and_energy(model, read_frames(sub))
         el = [1e3 * abs(r["phi"] + r["counts"] @ offsets - r["e"]) / r["n"] for r in rows]
