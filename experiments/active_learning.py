@@ -157,14 +157,16 @@ def cmd_train(args):
     import yaml
     work = Path(args.work)
     frames = sorted(str(p) for p in work.glob("al-*-gfn2.extxyz"))   # not *-heldout-eval
+    if args.control:       # the same continued training without the new frames
+        frames = []
     cfg = {"data": {"train": [str(REPO / "build" / "poly24-v1-splits" / "train.extxyz.gz")]
                     + frames * args.repeat, "val_fraction": 0.03},
            "training": {"loss": "forces", "lr": args.lr, "batch_size": 4, "max_steps": args.steps,
                         "val_every": 250, "plateau_patience": 4, "plateau_factor": 0.8,
                         "threads": 1, "dtype": "float32", "grad_clip": 10.0, "ema_decay": 0.99,
                         "init_from": str(REPO / "potentials" / "polyget-cho.ckpt")},
-           "output": str(REPO / "runs" / "polyget-cho-r1")}
-    path = work / "train-r1.yaml"
+           "output": str(REPO / "runs" / ("polyget-cho-r1-control" if args.control else "polyget-cho-r1"))}
+    path = work / ("train-r1-control.yaml" if args.control else "train-r1.yaml")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     cmd = [sys.executable, "-m", "polyget.cli", "train", str(path)]
     if (Path(cfg["output"]) / "last.ckpt").exists():
@@ -184,7 +186,9 @@ def cmd_report(args):
             "n": len(res)}
     from polyget.evaluate import run_eval
     models = {"r0": REPO / "potentials" / "polyget-cho.ckpt",
-              "r1": REPO / "runs" / "polyget-cho-r1" / "best.ckpt"}
+              "r1": REPO / "runs" / "polyget-cho-r1" / "best.ckpt",
+              # control: continued the same way without the MD frames (train --control)
+              "r1-control": REPO / "runs" / "polyget-cho-r1-control" / "best.ckpt"}
     sets = {"AL frames, training families (600 K MD, trained on by r1)": work / "al-r0-gfn2.extxyz",
             "AL frames, held-out families (600 K MD, never trained on)": work / "al-r0-heldout-eval.extxyz"}
     for split in ("val", "test_size", "test_family"):
@@ -211,9 +215,9 @@ def cmd_report(args):
     names = list(out["force_mae"])
     fig, ax = plt.subplots(figsize=(9, 3.8))
     x = np.arange(len(names))
-    for k, tag in enumerate(("r0", "r1")):
-        ax.bar(x + (k - 0.5) * 0.4, [out["force_mae"][n].get(tag, {}).get("mae", np.nan) for n in names],
-               0.4, label=f"polyget-cho {tag}")
+    for k, tag in enumerate(("r0", "r1", "r1-control")):
+        ax.bar(x + (k - 1) * 0.27, [out["force_mae"][n].get(tag, {}).get("mae", np.nan) for n in names],
+               0.27, label=f"polyget-cho {tag}")
     ax.set_xticks(x)
     ax.set_xticklabels([n.replace(" (", "\n(") for n in names], fontsize=6)
     ax.set_ylabel("force MAE vs GFN2-xTB (eV/A)")
@@ -238,6 +242,8 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=10, help="times the AL frames enter the training data")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--families", default=None, help="comma list (default: all)")
+    p.add_argument("--control", action="store_true",
+                   help="train: the same continued training without the new frames (control)")
     p.add_argument("--lmp", default=None)
     args = p.parse_args(argv)
     {"md": cmd_md, "label": cmd_label, "train": cmd_train, "report": cmd_report}[args.cmd](args)
