@@ -77,7 +77,7 @@ MD_HOURS ?= 2
 MD_PS ?= 100
 md-15loops: setup
 	$(PY) experiments/md_long.py run --hours $(MD_HOURS) --ps $(MD_PS)
-	$(PY) experiments/md_long.py nve --ps 1
+	$(PY) experiments/md_long.py nve --ps 0.5
 	$(PY) experiments/md_long.py analyse
 
 # force-only vs joint, single- vs multi-family (same steps for every arm)
@@ -85,11 +85,12 @@ ablations: setup splits
 	$(PY) experiments/ablations.py --steps 1500
 
 # one active-learning round: 600 K MD of every family's 6-loop, GFN2 labels, continued training,
-# the MD again with the new model
+# a control without the new frames, the MD again with the new model
 active-learning: setup splits
 	$(PY) experiments/active_learning.py md --tag r0 --steps 1200
 	$(PY) experiments/active_learning.py label --tag r0 --steps 1200
 	$(PY) experiments/active_learning.py train --steps 1500
+	$(PY) experiments/active_learning.py train --steps 1500 --control
 	$(PY) python/export.py runs/polyget-cho-r1/best.ckpt -o runs/polyget-cho-r1/polyget-cho-r1.pt --dtype float32 --no-aoti
 	$(PY) experiments/active_learning.py md --tag r1 --steps 1200 --model runs/polyget-cho-r1/polyget-cho-r1.jit.pt
 	$(PY) experiments/active_learning.py report --steps 1200

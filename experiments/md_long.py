@@ -7,14 +7,15 @@ from the last finished chunk (a killed chunk is re-run from its start). The loop
 round-robin, so all four reach about the same simulated time.
 
     python experiments/md_long.py run --hours 2.5              # resumable; Ctrl-C safe
-    python experiments/md_long.py nve --ps 2                   # NVE drift from each last restart
+    python experiments/md_long.py nve --ps 0.5                 # NVE drift from each last restart
     python experiments/md_long.py analyse                      # JSON + PNG, GFN2 on own frames
 
 State (restart files, per-chunk thermo logs and thinned dumps) lives in
 experiments/results/md_long-cho/<FAMILY>/; `analyse` writes experiments/results/md_long-cho.json
 and .png. Every dumped frame is checked by `analyse` with the paper's MDsim criterion (the first
-frame where a bond of the start structure is > 0.5 A off its start length); during the run the
-plugin's own watchdog (`watchdog`) stops a loop that breaks, and that loop is not continued.
+frame where a bond of the start structure is > 0.5 A off its start length); during the run a
+`fix halt` on a molecule that falls apart (and, with `--watchdog "bond_stretch 1.6"`, the
+plugin's bond watchdog) stops a loop that breaks, and that loop is not continued.
 """
 
 import argparse
