@@ -81,6 +81,42 @@ def test_resume_continues_exactly(morse_file, tmp_path, ema):
     assert strip(log_full) == strip(log_part)
 
 
+def test_max_hours_stops_saves_and_resumes(morse_file, tmp_path, monkeypatch):
+    """training.max_hours: the run stops when the wall-time budget is spent (here a fake clock that
+    advances 60 s per read), validates and saves the unvalidated steps, and --resume with a larger
+    budget continues from there; the budget counts the time of earlier runs."""
+    import polyget.train.trainer as trainer_mod
+
+    clock = {"t": 0.0}
+
+    def fake_time():
+        clock["t"] += 60.0
+        return clock["t"]
+
+    monkeypatch.setattr(trainer_mod.time, "time", fake_time)
+    out = tmp_path / "run"
+    tr = Trainer(config(morse_file, out, max_steps=1000, val_every=100, max_hours=0.1), quiet=True)
+    res = tr.run()
+    assert 0 < res["step"] < 20                     # ~6 minutes of fake 1-minute steps
+    saved = torch.load(out / "last.ckpt", weights_only=False)
+    assert saved["train_state"]["step"] == res["step"]
+    rows = (out / "log.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(f"{res['step']},")
+    again = Trainer(config(morse_file, out, max_steps=1000, val_every=100, max_hours=0.1), resume=True,
+                    quiet=True).run()
+    assert again["step"] == res["step"]             # budget already spent: nothing more
+    more = Trainer(config(morse_file, out, max_steps=1000, val_every=100, max_hours=0.3), resume=True,
+                   quiet=True).run()
+    assert res["step"] < more["step"] < 3 * res["step"] + 5
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "2h", True])
+def test_max_hours_rejects_bad_values(morse_file, tmp_path, bad):
+    from polyget.train.config import ConfigError
+    with pytest.raises(ConfigError, match="max_hours"):
+        Trainer(config(morse_file, tmp_path / "bad", max_hours=bad), quiet=True)
+
+
 def test_force_only_ignores_energies(tmp_path):
     with_e, without_e = morse_frames(12, with_energy=True), morse_frames(12, with_energy=False)
     shifted = morse_frames(12, with_energy=True)

@@ -32,6 +32,8 @@ DEFAULTS: Dict[str, Any] = {
         "weight_decay": 0.0,
         "batch_size": 8,          # structures per batch
         "max_steps": 10000,
+        "max_hours": None,        # wall-time budget (hours, summed over --resume runs): stop,
+                                  # validate and save when it is spent, e.g. before a Slurm limit
         "val_every": 500,         # steps between validations (and checkpoints)
         "plateau_patience": 30,   # validations without improvement before lr *= plateau_factor
         "plateau_factor": 0.8,
@@ -146,4 +148,7 @@ def load_config(path_or_dict) -> Dict[str, Any]:
     for key in ("batch_size", "max_steps", "val_every", "plateau_patience"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ConfigError(f"training.{key} must be a positive integer, got {t[key]!r}")
+    mh = t["max_hours"]
+    if mh is not None and (isinstance(mh, bool) or not isinstance(mh, (int, float)) or not mh > 0):
+        raise ConfigError(f"training.max_hours must be a positive number of hours or null, got {mh!r}")
     return cfg

@@ -206,11 +206,22 @@ class Trainer:
         bar = tqdm(total=t["max_steps"], initial=self.state["step"], disable=self.quiet or None,
                    desc="train", unit="step", dynamic_ncols=True)
         start_time = time.time() - self.state["elapsed_s"]
+        budget_s = None if t.get("max_hours") is None else 3600.0 * float(t["max_hours"])
         last = {}
         train_loss_acc, train_mae_acc, n_acc = 0.0, 0.0, 0
         while self.state["step"] < stop_at:
+            if budget_s is not None and time.time() - start_time >= budget_s:
+                self.state["elapsed_s"] = time.time() - start_time
+                if n_acc:    # the steps since the last validation are validated and saved
+                    self._validate_and_save(train_loss_acc / n_acc, train_mae_acc / n_acc)
+                if not self.quiet:
+                    bar.write(f"training.max_hours ({t['max_hours']} h) spent at step {self.state['step']}; "
+                              f"state saved in {self.last_path} (--resume continues, with a larger "
+                              "max_hours)")
+                break
             batches = self.batches_of_epoch(self.state["epoch"])
-            while self.state["batch_in_epoch"] < len(batches) and self.state["step"] < stop_at:
+            while (self.state["batch_in_epoch"] < len(batches) and self.state["step"] < stop_at
+                   and (budget_s is None or time.time() - start_time < budget_s)):
                 idx = batches[self.state["batch_in_epoch"]]
                 batch = collate([self.train_set[k] for k in idx], self.dtype, self.device)
                 loss, out = batch_loss(self.model, batch, t, create_graph=True)
