@@ -15,7 +15,7 @@
 
 Every stage skips what it has already done (re-run to continue).
 
-    python experiments/active_learning.py md --model potentials/polyget-cho.jit.pt --tag r0
+    python experiments/active_learning.py md --model potentials/polyget-cho-r0.jit.pt --tag r0
     python experiments/active_learning.py label --tag r0
     python experiments/active_learning.py train --steps 1500
     python experiments/active_learning.py md --model runs/polyget-cho-r1/polyget-cho-r1.jit.pt --tag r1
@@ -164,7 +164,7 @@ def cmd_train(args):
            "training": {"loss": "forces", "lr": args.lr, "batch_size": 4, "max_steps": args.steps,
                         "val_every": 250, "plateau_patience": 4, "plateau_factor": 0.8,
                         "threads": 1, "dtype": "float32", "grad_clip": 10.0, "ema_decay": 0.99,
-                        "init_from": str(REPO / "potentials" / "polyget-cho.ckpt")},
+                        "init_from": str(REPO / "potentials" / "polyget-cho-r0.ckpt")},
            "output": str(REPO / "runs" / ("polyget-cho-r1-control" if args.control else "polyget-cho-r1"))}
     path = work / ("train-r1-control.yaml" if args.control else "train-r1.yaml")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -185,7 +185,7 @@ def cmd_report(args):
             "broken_heldout": sorted(f for f, r in res.items() if not r["stable"] and r["heldout"]),
             "n": len(res)}
     from polyget.evaluate import run_eval
-    models = {"r0": REPO / "potentials" / "polyget-cho.ckpt",
+    models = {"r0": REPO / "potentials" / "polyget-cho-r0.ckpt",
               "r1": REPO / "runs" / "polyget-cho-r1" / "best.ckpt",
               # control: continued the same way without the MD frames (train --control)
               "r1-control": REPO / "runs" / "polyget-cho-r1-control" / "best.ckpt"}
@@ -229,7 +229,7 @@ def cmd_report(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("cmd", choices=("md", "label", "train", "report"))
-    p.add_argument("--model", default=str(REPO / "potentials" / "polyget-cho.jit.pt"))
+    p.add_argument("--model", default=str(REPO / "potentials" / "polyget-cho-r0.jit.pt"))
     p.add_argument("--tag", default="r0")
     p.add_argument("--work", default=str(REPO / "build" / "active-learning"))
     p.add_argument("--results", default=str(REPO / "experiments" / "results" / "active_learning"))

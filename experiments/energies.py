@@ -1,7 +1,7 @@
 """Energies from a force-only model (paper section 2.2, eq. 3, Fig. 8): how well the network's
 uncalibrated output Phi maps to reference energies on polymers it never saw.
 
-    python experiments/energies.py potentials/polyget-cho.ckpt \
+    python experiments/energies.py potentials/polyget-cho-r0.ckpt \
         --splits build/poly24-v1-splits --out experiments/results/energies-cho
 
 Three calibrations, all scored on frames that did not take part in the fit, in meV/atom:

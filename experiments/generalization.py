@@ -1,7 +1,7 @@
 """Generalisation (paper Fig. 7b / Table 6): force MAE and cosine distance of one model on seen
 loop sizes (validation frames, L <= 5), unseen 6-loops and held-out families.
 
-    python experiments/generalization.py potentials/polyget-cho.ckpt \
+    python experiments/generalization.py potentials/polyget-cho-r0.ckpt \
         --splits build/poly24-v1-splits --out experiments/results/generalization
 
 Writes OUT.json (metrics per split, per loop size and per family, with the paper's numbers

@@ -333,7 +333,8 @@ def _plot(res, png):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("cmd", choices=("run", "nve", "analyse"))
-    p.add_argument("--model", default=str(REPO / "potentials" / "polyget-cho.jit.pt"))
+    p.add_argument("--model", default=str(REPO / "potentials" / "polyget-cho-r0.jit.pt"),
+                   help="the committed trajectories are of round 0 (polyget-cho-r0); keep it to continue them")
     p.add_argument("--nve-model", default=None, help="model for the NVE runs (default --model)")
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--out", default=str(REPO / "experiments" / "results" / "md_long-cho"))

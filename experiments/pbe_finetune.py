@@ -1,7 +1,7 @@
 """GFN2-xTB -> PBE: is a model pre-trained on cheap labels a better start for DFT labels?
 (the paper's open question on cheaper pre-training, section 6).
 
-    python experiments/pbe_finetune.py potentials/polyget-cho.ckpt \
+    python experiments/pbe_finetune.py potentials/polyget-cho-r0.ckpt \
         --pbe data/poly24-v1-pbe.extxyz.xz --gfn2 data/poly24-v1-gfn2.extxyz.xz \
         --out experiments/results/pbe-finetune
 
