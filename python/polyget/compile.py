@@ -176,7 +176,14 @@ def export_aoti_packages(model: nn.Module, paths: Dict[int, str | os.PathLike],
 
 
 # Inductor options for every package (beyond threads and metadata).
-AOTI_INDUCTOR_OPTIONS: Dict[str, object] = {}
+# reorder_for_locality off: that post-grad pass moves producers next to their consumers and runs
+# on inference graphs only, which our make_fx graph of energy + autograd.grad is. With it on, the
+# paper-size float32 package (128 features, 6 layers) gave edge gradients off by 0.4 % relative
+# even with the scatter-adds left to ATen (_scatter_as_aten); with it off the package is exact
+# (4.8e-7 absolute on the 360-atom 15-loop) and as fast (0.42 s CPU per call against 0.73 s
+# eager, 1 thread). Turning off all fusion (max_fusion_size 1) also makes it exact; buffer
+# reuse, epilogue fusion and vectorisation do not (bench/README.md, "Compilation").
+AOTI_INDUCTOR_OPTIONS: Dict[str, object] = {"reorder_for_locality": False}
 
 
 class _scatter_as_aten:
