@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-python setup-lammps setup-native test demo bench data-mini data-full data-v1 clean \
-        splits md-15loops ablations active-learning
+        splits md-15loops ablations active-learning arch-budget
 
 setup: setup-python setup-lammps setup-native
 
@@ -83,6 +83,10 @@ md-15loops: setup
 # force-only vs joint, single- vs multi-family (same steps for every arm)
 ablations: setup splits
 	$(PY) experiments/ablations.py --steps 1500
+
+# accuracy per CPU budget of the candidate sizes (32x2, 64x3, 96x4, 128x6): 15 min of 1 thread each
+arch-budget: setup splits
+	$(PY) experiments/arch_budget.py --hours 0.25
 
 # one active-learning round: 600 K MD of every family's 6-loop, GFN2 labels, continued training,
 # a control without the new frames, the MD again with the new model
