@@ -30,7 +30,7 @@ setup-native: setup-lammps
 	@if [ -f scripts/build_native.sh ]; then bash scripts/build_native.sh; fi
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS) tests
 
 # Short LAMMPS NVT (Nose-Hoover, 300 K, 0.5 fs) of the cyclooctane 15-loop (360 atoms) with
 # `pair_style mliap unified potentials/polyget-cho.pt 0`; prints thermo output and a summary line.
