@@ -102,3 +102,47 @@ def test_compiled_force_loss_gradients_equal_eager():
     l2 = step(g2, t2)
     out = evaluate(model, g2, forces=True, create_graph=True)
     assert abs(l2.item() - (out["forces"] ** 2).mean().item()) < 1e-12
+
+
+def test_traced_package_graph_scatters_with_a_broadcast_index():
+    """The graph that AOTInductor compiles (energy and edge gradients, unfolded by make_fx)
+    holds no index_add / index_put: every scatter-add is a scatter_reduce(sum) over an index
+    broadcast along the feature axes (ATen's parallel kernel, bench/README.md), and the graph
+    gives the eager model's numbers."""
+    from collections import Counter
+
+    from polyget.compile import EnergyForces, _trace
+
+    model = tiny_model(num_layers=3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)
+    w = torch.linspace(0.5, 1.5, len(g.species), dtype=torch.float64)
+    gm = _trace(EnergyForces(model), (g.species, g.edge_index, g.edge_vec, w))
+    ops = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+    assert not [o for o in ops if "index_add" in o or "index_put" in o], ops
+    assert sum(v for o, v in ops.items() if "scatter_reduce" in o) >= 4 * 3, ops
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and "scatter_reduce" in str(n.target):
+            assert n.args[4] == "sum" and n.kwargs.get("include_self", True)
+    ae, fij = gm(g.species, g.edge_index, g.edge_vec.clone(), w)
+    ev = g.edge_vec.clone().requires_grad_(True)
+    ref = model(g.species, g.edge_index, ev)
+    (ref_f,) = torch.autograd.grad((ref * w).sum(), ev)
+    torch.testing.assert_close(ae, ref.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(fij, ref_f, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_index_add_as_scatter_is_index_add(inplace):
+    from polyget.compile import _index_add_as_scatter
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 3, 5, dtype=torch.float64, generator=gen)
+    src = torch.randn(40, 3, 5, dtype=torch.float64, generator=gen)
+    idx = torch.randint(0, 7, (40,), generator=gen)
+    want = x.clone().index_add_(0, idx, src, alpha=0.5)
+    y = x.clone()
+    got = _index_add_as_scatter(y, 0, idx, src, alpha=0.5, inplace=inplace)
+    assert torch.equal(got, want)
+    assert torch.equal(y, want if inplace else x)

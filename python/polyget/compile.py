@@ -85,6 +85,31 @@ def example_graph(elements, cutoff: float, n: int = 48, seed: int = 0
     return torch.as_tensor(species), torch.as_tensor(ei), torch.as_tensor(vec)
 
 
+def _index_add_as_scatter(x: Tensor, dim: int, index: Tensor, source: Tensor, *, alpha=1,
+                          inplace: bool = False) -> Tensor:
+    """index_add written as scatter_reduce(sum) with the index broadcast (stride 0) over the
+    source's other dimensions: the same sums in the same order, but Inductor leaves it to ATen's
+    scatter_reduce, whose CPU kernel for such an index is parallel, instead of lowering it to
+    the serial accumulating index_put_ (bench/README.md, "Compilation")."""
+    if alpha != 1:
+        source = source * alpha
+    shape = [1] * source.dim()
+    shape[dim] = -1
+    idx = index.view(shape).expand_as(source)
+    if inplace:
+        return x.scatter_reduce_(dim, idx, source, "sum")
+    return x.scatter_reduce(dim, idx, source, "sum")
+
+
+def _index_add_inplace_as_scatter(x, dim, index, source, *, alpha=1):
+    return _index_add_as_scatter(x, dim, index, source, alpha=alpha, inplace=True)
+
+
+# make_fx decompositions of the traced graphs (index_add also comes from index_select's backward)
+_SCATTER_DECOMPOSITIONS = {torch.ops.aten.index_add.default: _index_add_as_scatter,
+                           torch.ops.aten.index_add_.default: _index_add_inplace_as_scatter}
+
+
 def _trace(module: nn.Module, inputs) -> torch.fx.GraphModule:
     from torch.fx.experimental import _config as fx_config
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -93,8 +118,8 @@ def _trace(module: nn.Module, inputs) -> torch.fx.GraphModule:
     # no duck shaping: an atom or edge count equal to a feature size must not be specialised
     fx_config.use_duck_shape = False
     try:
-        return make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(
-            *[t.clone() for t in inputs])
+        return make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True,
+                       decomposition_table=_SCATTER_DECOMPOSITIONS)(*[t.clone() for t in inputs])
     finally:
         fx_config.use_duck_shape = old
 
@@ -188,12 +213,15 @@ AOTI_INDUCTOR_OPTIONS: Dict[str, object] = {"reorder_for_locality": False}
 
 class _scatter_as_aten:
     """Compile with torch's deterministic-algorithms flag on (warn_only), which makes Inductor
-    lower the scatter-adds (index_add -> index_put accumulate) to ATen's index_put_ instead of
-    generating them. Without it, Inductor (torch 2.13, CPU) fuses a scatter-add into the loop
-    of a later gather that reads the scattered buffer, so the gather reads rows before all
-    edges have been added to them: wrong edge gradients (relative error 0.1-0.4) for ET models
-    of 3+ layers (bench/README.md). The flag is restored afterwards; it matters at compile
-    time only (ATen's CPU index_put_ with accumulate is serial, hence deterministic)."""
+    leave the scatter-adds to ATen (``aten.scatter_reduce_.two``, sum; the traced graph writes
+    every index_add that way, _index_add_as_scatter) instead of generating them. Without it,
+    Inductor (torch 2.13, CPU) fuses a scatter-add into the loop of a later gather that reads
+    the scattered buffer, so the gather reads rows before all edges have been added to them:
+    wrong edge gradients (relative error 0.1-0.4) for ET models of 3+ layers (bench/README.md).
+    The flag is restored afterwards; it matters at compile time only. ATen's CPU kernel for a
+    scatter_reduce whose index is broadcast along the feature axes sums each row's edges in
+    edge order, so the result does not depend on the thread count, and is parallel; the
+    accumulating index_put_ the scatters used to become is serial and 4-20x slower."""
 
     def __enter__(self):
         self.old = (torch.are_deterministic_algorithms_enabled(),
