@@ -56,9 +56,10 @@ def structures(sizes):
         if n == 360:
             out[n] = ROOT / "inputs" / "ck6_15loop.data"
             continue
-        reps = {3456: (2, 2, 3), 36000: (5, 5, 5), 288: (1, 1, 1)}.get(n)
+        reps = {3456: (2, 2, 3), 6912: (2, 3, 4), 10368: (3, 3, 4), 36000: (5, 5, 5),
+                288: (1, 1, 1)}.get(n)
         if reps is None:
-            raise SystemExit(f"--sizes: {n} is not one of 360, 288, 3456, 36000")
+            raise SystemExit(f"--sizes: {n} is not one of 360, 288, 3456, 6912, 10368, 36000")
         path = BUILD / f"melt_{n}.data"
         if not path.exists():
             melt = read_structure(str(ROOT / "inputs" / "melt_lac2.data")).repeat(reps)

@@ -192,3 +192,23 @@ def test_same_optional_exchange_rules(tmp_path, exported, records, message):
         core.read_metadata(str(path))
     assert message in str(py_err.value)
     assert str(py_err.value) == str(cpp_err.value)
+
+
+@pytest.mark.parametrize("env,want", [("", True), ("system", False)])
+def test_keep_freed_memory_once_per_process(env, want):
+    """The Python engines keep freed memory in the heap as the plugin does; POLYGET_MALLOC=system
+    keeps glibc's defaults (in a fresh process: the setting is process-wide)."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    code = ("from polyget import contract; a = contract.keep_freed_memory(); "
+            "b = contract.keep_freed_memory(); print(a, b)")
+    envd = {k: v for k, v in os.environ.items() if k != "POLYGET_MALLOC"}
+    if env:
+        envd["POLYGET_MALLOC"] = env
+    out = subprocess.run([sys.executable, "-c", code], env=envd, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(want), str(want)]

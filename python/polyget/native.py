@@ -78,6 +78,9 @@ class NativeModel:
         core = _require_core()
         self.path = str(path)
         self._model = core.Model(self.path, str(device))
+        from .contract import keep_freed_memory
+
+        keep_freed_memory()  # as pair_style polyget does (cpp/README.md, "Memory")
         self.elements = list(self._model.elements)
         self.cutoff = float(self._model.cutoff)
         self.num_layers = int(self._model.num_layers)

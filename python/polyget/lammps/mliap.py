@@ -214,6 +214,7 @@ class PolyGETMLIAP(_MLIAPUnifiedBase):
             self._dtype = torch.float64 if self.dtype_name == "float64" else torch.float32
             self._model, _ = contract.load_torchscript(self.torchscript, device=str(self._device),
                                                        name="the ML-IAP file")
+            contract.keep_freed_memory()
             # the executor's profiling runs and autodiff subgraphs make this model slower and
             # its first steps much slower (bench/README.md); POLYGET_JIT_OPTIMIZE=1 restores them
             if os.environ.get("POLYGET_JIT_OPTIMIZE", "0") != "1":
