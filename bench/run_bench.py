@@ -236,8 +236,10 @@ def run_config(paths, n, data, dtype, threads, rounds, files):
 
 def train_throughput(data, dtype, threads, rounds, files):
     """Training steps (one structure per step, force loss, AdamW) of the paper-size model:
-    before (frozen pre-speed network) and after."""
-    return run_config(["train_ref", "train_new"], 360, data, dtype, threads, rounds, files)
+    before (frozen pre-speed network) and after, eager and compiled (training.compile; its
+    first call includes the compilation)."""
+    return run_config(["train_ref", "train_new", "train_compiled"], 360, data, dtype, threads,
+                      rounds, files)
 
 
 def table(results):

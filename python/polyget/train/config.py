@@ -39,6 +39,9 @@ DEFAULTS: Dict[str, Any] = {
         "plateau_factor": 0.8,
         "min_lr": 1.0e-7,
         "grad_clip": None,
+        "compile": False,         # true: the force-only step as one compiled graph (torch.compile;
+                                  # minutes of compilation at the first step, then ~2x faster on
+                                  # CPU, bench/README.md); loss "forces" only
         "ema_decay": 0.0,         # > 0: validate, save and export an exponential moving average
                                   # of the weights (e.g. 0.99); 0: the raw weights
         "seed": 0,
@@ -148,6 +151,11 @@ def load_config(path_or_dict) -> Dict[str, Any]:
     for key in ("batch_size", "max_steps", "val_every", "plateau_patience"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ConfigError(f"training.{key} must be a positive integer, got {t[key]!r}")
+    if not isinstance(t["compile"], bool):
+        raise ConfigError(f"training.compile must be true or false, got {t['compile']!r}")
+    if t["compile"] and t["loss"] != "forces":
+        raise ConfigError("training.compile works with the force-only loss (training.loss: forces); "
+                          "set training.compile: false for the joint loss")
     mh = t["max_hours"]
     if mh is not None and (isinstance(mh, bool) or not isinstance(mh, (int, float)) or not mh > 0):
         raise ConfigError(f"training.max_hours must be a positive number of hours or null, got {mh!r}")

@@ -130,6 +130,18 @@ class Trainer:
                 import yaml
                 yaml.safe_dump({**self.cfg, "data": {**d, "elements": list(elements)}}, fh, sort_keys=False)
 
+    def _compiled_loss(self, batch, t):
+        """Force loss of ``batch`` through polyget.compile.CompiledForceLoss (traced and compiled
+        at the first call; later batches of other sizes reuse it: dynamic shapes)."""
+        if getattr(self, "_compiled", None) is None:
+            from ..compile import compiled_force_loss
+
+            if not self.quiet:
+                print("training.compile: tracing and compiling the training step (minutes on a CPU)",
+                      flush=True)
+            self._compiled = compiled_force_loss(self.model, batch.graph)
+        return self._compiled(batch.graph, batch.forces, float(t["force_weight"]))
+
     # ------------------------------------------------------------------ checkpoints
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -224,15 +236,23 @@ class Trainer:
                    and (budget_s is None or time.time() - start_time < budget_s)):
                 idx = batches[self.state["batch_in_epoch"]]
                 batch = collate([self.train_set[k] for k in idx], self.dtype, self.device)
-                loss, out = batch_loss(self.model, batch, t, create_graph=True)
+                if t["compile"]:
+                    # one compiled graph: loss and parameter gradients (in p.grad) together
+                    self.opt.zero_grad(set_to_none=True)
+                    loss, out = self._compiled_loss(batch, t), None
+                else:
+                    loss, out = batch_loss(self.model, batch, t, create_graph=True)
                 if not torch.isfinite(loss):
                     atomic_save(self.checkpoint(), self.out / "nan-state.ckpt")
                     raise FloatingPointError(
                         f"loss is {float(loss)} at step {self.state['step']}: training diverged. The state "
                         f"before this step is in {self.out / 'nan-state.ckpt'}; lower training.lr or set "
                         "training.grad_clip, then --resume from last.ckpt")
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if out is None:
+                    out = {"forces": self._compiled.forces}
+                else:
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 if t["grad_clip"]:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(t["grad_clip"]))
                 self.opt.step()
