@@ -75,8 +75,10 @@ splits: setup-python
 # per call, towards MD_PS ps per loop; then NVE drift and the analysis (GFN2 on own frames).
 MD_HOURS ?= 2
 MD_PS ?= 100
+# MD_JOBS: loops run side by side (one core each)
+MD_JOBS ?= 1
 md-15loops: setup
-	$(PY) experiments/md_long.py run --hours $(MD_HOURS) --ps $(MD_PS)
+	$(PY) experiments/md_long.py run --hours $(MD_HOURS) --ps $(MD_PS) --jobs $(MD_JOBS)
 	$(PY) experiments/md_long.py nve --ps 0.5
 	$(PY) experiments/md_long.py analyse
 

@@ -7,6 +7,7 @@ from the last finished chunk (a killed chunk is re-run from its start). The loop
 round-robin, so all four reach about the same simulated time.
 
     python experiments/md_long.py run --hours 2.5              # resumable; Ctrl-C safe
+    python experiments/md_long.py run --hours 2.5 --jobs 2     # two loops at a time (2 cores)
     python experiments/md_long.py nve --ps 0.5                 # NVE drift from each last restart
     python experiments/md_long.py analyse                      # JSON + PNG, GFN2 on own frames
 
@@ -146,6 +147,8 @@ def _dump_of(d: Path, k: int) -> Path:
 
 
 def cmd_run(args):
+    if args.jobs > 1:
+        return _run_jobs(args)
     out = Path(args.out)
     t_end = time.time() + args.hours * 3600
     fams = args.families.split(",")
@@ -162,6 +165,34 @@ def cmd_run(args):
             return
         _, fam, d, st = min(todo)          # the loop that is furthest behind
         run_chunk(args, fam, d, st)
+
+
+def _run_jobs(args):
+    """`run --jobs N`: the loops dealt to N processes (one `run` each, same options, its own
+    loops' directories), e.g. one per free core; waits for all. Ctrl-C stops them all."""
+    fams = args.families.split(",")
+    groups = [g for g in (fams[k::args.jobs] for k in range(args.jobs)) if g]
+    base, skip = [], False
+    for a in args.argv:           # this command line without --families/--jobs
+        if skip:
+            skip = False
+            continue
+        if a in ("--families", "--jobs"):
+            skip = True
+            continue
+        if a.startswith("--families=") or a.startswith("--jobs="):
+            continue
+        base.append(a)
+    procs = [subprocess.Popen([sys.executable, __file__] + base + ["--families", ",".join(g), "--jobs", "1"])
+             for g in groups]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    if any(codes):
+        raise SystemExit(f"md_long run --jobs: exit codes {codes} (loops {groups})")
 
 
 def cmd_nve(args):
@@ -350,7 +381,13 @@ def main(argv=None):
     p.add_argument("--thin", type=int, default=1, help="keep every n-th frame in the JSON")
     p.add_argument("--gfn2-frames", type=int, default=8)
     p.add_argument("--lmp", default=None)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run: loops advanced by this many processes side by side (one core each)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    args.argv = argv
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     {"run": cmd_run, "nve": cmd_nve, "analyse": cmd_analyse}[args.cmd](args)
 
 

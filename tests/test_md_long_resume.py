@@ -63,3 +63,18 @@ def test_broken_loop_is_not_continued(toy, tmp_path):
     assert st["chunks"] == 0
     md_long.main(args)
     assert json.loads((tmp_path / "LAC2" / "state.json").read_text()) == st
+
+
+def test_jobs_run_loops_side_by_side_as_one_process_would(toy, tmp_path):
+    """`run --jobs 2` deals the loops to two processes; each loop's trajectory is the one a
+    single process gives."""
+    import md_long
+    common = ["--model", str(toy), "--every", "10", "--lmp", LMP, "--ps", "0.005",
+              "--chunk-ps", "0.005", "--families", "LAC2,LAC5"]
+    md_long.main(["run", "--out", str(tmp_path / "serial")] + common)
+    md_long.main(["run", "--out", str(tmp_path / "jobs"), "--jobs", "2"] + common)
+    for fam in ("LAC2", "LAC5"):
+        st1, a = _final(tmp_path / "serial", fam)
+        st2, b = _final(tmp_path / "jobs", fam)
+        assert st1["steps"] == st2["steps"] == 10
+        assert np.abs(a.positions - b.positions).max() < 1e-8
