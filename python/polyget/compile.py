@@ -317,7 +317,7 @@ class CompiledForceLoss:
     Compiled with TRAIN_INDUCTOR_OPTIONS and the scatter-adds left to ATen (_scatter_as_aten):
     with Inductor's fusion of scheduler nodes on, the paper-size step's parameter gradients were
     off by 0.3-10 % (bench/README.md, "Compilation"); without it they equal eager's (float32
-    rounding) and the step is 2.2x faster than eager on this CPU.
+    rounding) and the step is 1.7x (2 threads) to 2.2x (1 thread) faster than eager on this CPU.
     """
 
     def __init__(self, model: nn.Module, graph, compile: bool = True):

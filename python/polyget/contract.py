@@ -460,8 +460,8 @@ def keep_freed_memory() -> bool:
     ``pair_style polyget`` does (cpp/README.md, "Memory"): glibc's default serves large
     allocations with a fresh mmap and unmaps them on free, so every step page-faults the
     model's intermediate buffers in again (paper-size model, 360 atoms, 2 threads, the same
-    AOTInductor package: 0.29-0.36 s per step under `mliap unified` against 0.22 s in the
-    plugin before this). Sets M_MMAP_MAX 0 and a 1 GB trim threshold once per process, on
+    AOTInductor package, one interleaved bench run: `mliap unified` 0.307 s per step against
+    the plugin's 0.215 s before this, 0.184 s both after; bench/README.md). Sets M_MMAP_MAX 0 and a 1 GB trim threshold once per process, on
     glibc only; ``POLYGET_MALLOC=system`` keeps glibc's defaults. Returns True if set."""
     global _HEAP_KEPT
     if _HEAP_KEPT or os.environ.get("POLYGET_MALLOC") == "system":

@@ -279,8 +279,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="also compile NAME.aoti.pt2 (AOTInductor; minutes to tens of minutes on a "
                         "small CPU; with the paper-size package pair_style polyget took 0.66x (1 "
                         "thread) and 0.59x (2 threads) of TorchMD-Net's time in one interleaved "
-                        "run; polyget-cho MD steps took 0.7x of TorchScript's, bench/README.md; a package that fails the export's force check "
-                        "is refused and TorchScript is used); default --no-aoti")
+                        "run; polyget-cho MD steps took 0.7x of TorchScript's, bench/README.md; "
+                        "a package that fails the export's force check is refused and "
+                        "TorchScript is used); default --no-aoti")
     p.add_argument("--aoti-threads", default=None, metavar="N[,M...]",
                    help="CPU thread counts to compile packages for (NAME.aoti-tN.pt2 each; the "
                         "C++ core runs the one matching its thread count, else TorchScript). "
