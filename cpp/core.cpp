@@ -317,7 +317,23 @@ void Model::load_aoti() {
         }
       }
     }
-    aoti_pkgs_.push_back(AotiPackage{pkg, threads, nullptr});
+    // a package of edges in parts (LeanEnergyForces) takes edge counts that are a multiple of
+    // polyget.edge_multiple: run_aoti pads with edges longer than the cutoff (zero messages)
+    int64_t multiple = 1;
+    double pad_length = 0.0;
+    try {
+      if (!get("polyget.edge_multiple").empty()) multiple = std::stoll(get("polyget.edge_multiple"));
+      if (!get("polyget.pad_length").empty()) pad_length = std::stod(get("polyget.pad_length"));
+    } catch (const std::exception &) {
+      skip("unreadable polyget.edge_multiple / polyget.pad_length");
+      continue;
+    }
+    if (multiple < 1 || (multiple > 1 && !(pad_length > meta_.cutoff))) {
+      skip("polyget.edge_multiple " + std::to_string(multiple) + " needs a polyget.pad_length "
+           "beyond the cutoff; re-export the model");
+      continue;
+    }
+    aoti_pkgs_.push_back(AotiPackage{pkg, threads, nullptr, multiple, pad_length});
   }
   if (aoti_pkgs_.empty()) {
     std::string why;
@@ -372,6 +388,8 @@ void Model::select_aoti() {
     }
   }
   aoti_ = pick->loader;
+  aoti_edge_multiple_ = pick->edge_multiple;
+  aoti_pad_length_ = pick->pad_length;
   aoti_status_ = "AOTInductor " + pick->path +
                  (pick->threads > 0 ? " (" + std::to_string(pick->threads) + " thread(s))" : "");
 }
@@ -408,10 +426,24 @@ bool Model::run_aoti(int64_t natoms, int64_t nedges, int64_t nlocal, const torch
   w.narrow(0, 0, nlocal).fill_(1.0);
   if (natoms > nlocal) w.narrow(0, nlocal, natoms - nlocal).zero_();
   std::vector<at::Tensor> out;
+  // pad the edges to the package's multiple: atom 0 to itself at pad_length (> cutoff), where
+  // every message is exactly zero; their rows of fij are dropped below
+  const int64_t m = aoti_edge_multiple_;
+  const int64_t padded = m > 1 ? ((nedges + m - 1) / m) * m : nedges;
+  torch::Tensor eip = ei, evp = ev;
+  if (padded != nedges) {
+    eip = torch::zeros({2, padded}, ei.options());
+    eip.narrow(1, 0, nedges).copy_(ei);
+    evp = torch::zeros({padded, 3}, ev.options());
+    evp.narrow(0, 0, nedges).copy_(ev);
+    evp.narrow(0, nedges, padded - nedges).select(1, 0).fill_(aoti_pad_length_);
+  }
   {
     torch::NoGradGuard no_grad;
-    out = loader->run({sp, ei.contiguous(), ev.contiguous(), w});
+    out = loader->run({sp, eip.contiguous(), evp.contiguous(), w});
   }
+  if (out.size() == 2 && out[1].dim() == 2 && out[1].size(0) == padded && padded != nedges)
+    out[1] = out[1].narrow(0, 0, nedges);
   if (out.size() != 2 || out[0].dim() != 1 || out[0].size(0) != natoms || out[1].dim() != 2 ||
       out[1].size(0) != nedges)
     throw ModelError(path_ + ": the AOTInductor package returned unexpected outputs; re-export the "

@@ -139,9 +139,13 @@ class Model {
     std::string path;
     int threads = 0;                // CPU OpenMP threads compiled in; 0 = any (dynamic, CUDA)
     std::shared_ptr<void> loader;   // torch::inductor::AOTIModelPackageLoader, loaded on first use
+    int64_t edge_multiple = 1;      // edge counts it takes (polyget.edge_multiple; padded here)
+    double pad_length = 0.0;        // length of the padding edges (polyget.pad_length, > cutoff)
   };
   std::vector<AotiPackage> aoti_pkgs_;  // packages that match this file (all thread counts)
   std::shared_ptr<void> aoti_;  // the loader for the current thread count, or null
+  int64_t aoti_edge_multiple_ = 1;  // of the package in aoti_
+  double aoti_pad_length_ = 0.0;
   int aoti_for_threads_ = -1;   // at::get_num_threads() that aoti_ was selected for
   std::string aoti_base_status_;  // why no package at all (empty when some matched)
   std::string aoti_status_;

@@ -146,3 +146,71 @@ def test_index_add_as_scatter_is_index_add(inplace):
     got = _index_add_as_scatter(y, 0, idx, src, alpha=0.5, inplace=inplace)
     assert torch.equal(got, want)
     assert torch.equal(y, want if inplace else x)
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 8])
+def test_lean_energy_forces_equal_eager(chunks):
+    """The package function with the edges of every layer in parts and the backward pass
+    written out (compile.LeanEnergyForces, the default package of ET models) gives the eager
+    model's energies and edge gradients to 1e-10 (float64), for edge counts padded to a multiple
+    of the parts (compile.pad_edges): the padding's gradient rows are exactly zero."""
+    from polyget.compile import LeanEnergyForces, pad_edges
+
+    model = tiny_model(num_layers=3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)
+    ne = g.edge_vec.shape[0]
+    ei, ev = pad_edges(g.edge_index, g.edge_vec, chunks, 2 * model.cutoff)
+    assert ev.shape[0] % chunks == 0 and ev.shape[0] - ne < chunks
+    w = torch.linspace(0.5, 1.5, len(g.species), dtype=torch.float64)
+    ae, fij = LeanEnergyForces(model, chunks)(g.species, ei, ev.clone(), w)
+    x = g.edge_vec.clone().requires_grad_(True)
+    ref = model(g.species, g.edge_index, x)
+    (ref_f,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(ae, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(fij[:ne], ref_f, rtol=0, atol=1e-10)
+    assert torch.count_nonzero(fij[ne:]) == 0
+
+
+def test_lean_package_graph_traces_and_equals_eager():
+    """make_fx unfolds LeanEnergyForces into plain aten ops with the scatters as
+    scatter_reduce (as the whole-graph package), and the traced graph runs other edge counts
+    (multiples of the parts) with the eager numbers."""
+    from collections import Counter
+
+    from polyget.compile import LeanEnergyForces, _trace, pad_edges
+
+    model = tiny_model(num_layers=2)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)
+    ei, ev = pad_edges(g.edge_index, g.edge_vec, 4, 2 * model.cutoff)
+    w = torch.ones(len(g.species), dtype=torch.float64)
+    gm = _trace(LeanEnergyForces(model, 4), (g.species, ei, ev, w))
+    ops = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+    assert not [o for o in ops if "index_add" in o or "index_put" in o], ops
+    g2 = atoms_to_graph(polymer_like(seed=3), model.elements, model.cutoff)
+    ne = g2.edge_vec.shape[0]
+    ei2, ev2 = pad_edges(g2.edge_index, g2.edge_vec, 4, 2 * model.cutoff)
+    ae, fij = gm(g2.species, ei2, ev2.clone(), w)
+    x = g2.edge_vec.clone().requires_grad_(True)
+    ref = model(g2.species, g2.edge_index, x)
+    (ref_f,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(ae, ref.detach(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(fij[:ne], ref_f, rtol=0, atol=1e-10)
+
+
+def test_lean_chunks_by_architecture():
+    """ET models get edges in parts by default; SO3krates (no per-layer messages) the
+    whole-graph package; asking it for parts is an error that says why."""
+    from polyget.compile import AOTI_CHUNKS, lean_chunks
+
+    assert lean_chunks(tiny_model()) == AOTI_CHUNKS
+    assert lean_chunks(tiny_model(), 1) == 1
+    so3 = tiny_model(architecture="so3krates")
+    assert lean_chunks(so3) == 1
+    with pytest.raises(ValueError, match="need an ET model"):
+        lean_chunks(so3, 4)
+    with pytest.raises(ValueError, match=">= 1"):
+        lean_chunks(tiny_model(), 0)

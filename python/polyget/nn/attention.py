@@ -56,24 +56,21 @@ class EquivariantAttention(nn.Module):
         b = torch.cat([self.dk_proj.bias, self.dv_proj.bias], dim=0)
         return self.act(torch.nn.functional.linear(rbf, w, b))
 
-    def forward(self, x: Tensor, vec: Tensor, edge_index: Tensor, c: Tensor, cu: Tensor,
-                filt: Tensor, vec_is_zero: bool = False) -> Tuple[Tensor, Tensor]:
-        """(dx [N, F], dvec [N, 3, F]) from x [N, F], vec [N, 3, F] and the edge quantities
-        c = cutoff [E], cu = c * unit vector [E, 3], filt = self.filters(rbf) [E, 4F].
+    def node_terms(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Per-atom projections (q, k, v) of the layer-normed scalar features."""
+        x = self.layernorm(x)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-        vec_is_zero: the caller guarantees vec == 0 (the first layer of a whole-graph
-        evaluation); the terms that vanish are skipped, the result is the same.
-        """
-        n = x.shape[0]
+    def messages(self, q: Tensor, k: Tensor, v: Tensor, vec: Tensor, edge_index: Tensor,
+                 c: Tensor, cu: Tensor, filt: Tensor, vec_is_zero: bool = False
+                 ) -> Tuple[Tensor, Tensor]:
+        """Messages of the given edges summed at their centres: (x_agg [N, F], vec_agg [N, 3, F]).
+        A sum over edges, so the edges may be taken in parts (compile.py, lean packages)."""
+        n = q.shape[0]
         e = c.shape[0]
         h, d, f = self.num_heads, self.head_dim, self.hidden
         i = edge_index[0]
         j = edge_index[1]
-
-        x = self.layernorm(x)
-        q = self.q_proj(x)
-        k = self.k_proj(x)
-        v = self.v_proj(x)
         dk = filt[:, :f]
         dv = filt[:, f:]
 
@@ -91,9 +88,14 @@ class EquivariantAttention(nn.Module):
             v1 = (vj[:, :, 1].reshape(e, f) * c.unsqueeze(1)).unsqueeze(1)
             vec_msg = torch.addcmul(vec_msg, vec.index_select(0, j), v1)
 
-        x_agg = torch.zeros(n, f, dtype=x.dtype, device=x.device).index_add_(0, i, x_msg)
-        vec_agg = torch.zeros(n, 3, f, dtype=x.dtype, device=x.device).index_add_(0, i, vec_msg)
+        x_agg = torch.zeros(n, f, dtype=q.dtype, device=q.device).index_add_(0, i, x_msg)
+        vec_agg = torch.zeros(n, 3, f, dtype=q.dtype, device=q.device).index_add_(0, i, vec_msg)
+        return x_agg, vec_agg
 
+    def update(self, vec: Tensor, x_agg: Tensor, vec_agg: Tensor, vec_is_zero: bool = False
+               ) -> Tuple[Tensor, Tensor]:
+        """(dx, dvec) of the layer from the input vectors and the summed messages."""
+        f = self.hidden
         o1, o2, o3 = torch.split(self.o_proj(x_agg), f, dim=1)
         if vec_is_zero:
             # vec_proj(0) = 0: vec_dot = 0 and vec3 = 0
@@ -103,3 +105,15 @@ class EquivariantAttention(nn.Module):
         dx = vec_dot * o2 + o3
         dvec = vec3 * o1.unsqueeze(1) + vec_agg
         return dx, dvec
+
+    def forward(self, x: Tensor, vec: Tensor, edge_index: Tensor, c: Tensor, cu: Tensor,
+                filt: Tensor, vec_is_zero: bool = False) -> Tuple[Tensor, Tensor]:
+        """(dx [N, F], dvec [N, 3, F]) from x [N, F], vec [N, 3, F] and the edge quantities
+        c = cutoff [E], cu = c * unit vector [E, 3], filt = self.filters(rbf) [E, 4F].
+
+        vec_is_zero: the caller guarantees vec == 0 (the first layer of a whole-graph
+        evaluation); the terms that vanish are skipped, the result is the same.
+        """
+        q, k, v = self.node_terms(x)
+        x_agg, vec_agg = self.messages(q, k, v, vec, edge_index, c, cu, filt, vec_is_zero)
+        return self.update(vec, x_agg, vec_agg, vec_is_zero)
