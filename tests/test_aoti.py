@@ -278,7 +278,7 @@ def test_pair_style_polyget_runs_the_package(exported, tmp_path):
 def test_paper_size_float32_package_is_exact(tmp_path, chunks):
     """The paper-size network (128 features, 6 layers, 8 heads, 32 RBF, 5 A) in float32: with
     Inductor's default fusion its packages gave edge gradients off by 0.4 % (whole graph) and
-    2 % (edges in 8 parts) (bench/README.md, "Compilation", "Memory"); with AOTI_INDUCTOR_OPTIONS
+    2 % (edges in 8 parts) (bench/README.md, "Compilation", "Edges in parts"); with AOTI_INDUCTOR_OPTIONS
     / LEAN_INDUCTOR_OPTIONS each must pass export's own check and match eager on the 360-atom
     CK6 15-loop (9,098 edges, not a multiple of 8) to float32 rounding. Compiles for ~3 (whole)
     and ~7 (parts) minutes."""
@@ -323,7 +323,8 @@ def test_whole_graph_package_still_runs(tmp_path, threads):
     threads(1)
     g = atoms_to_graph(periodic(4), model.elements, model.cutoff)
     ref = evaluate(model, g)
-    ae, fij = load_aoti(pkg)(g.species, g.edge_index, g.edge_vec.clone(), torch.ones(len(g.species), dtype=torch.float64))
+    w = torch.ones(len(g.species), dtype=torch.float64)
+    ae, fij = load_aoti(pkg)(g.species, g.edge_index, g.edge_vec.clone(), w)
     assert (fij - ref["fij"]).abs().max().item() < 1e-10
     native = _native()
     nm = native.NativeModel(jit)

@@ -63,7 +63,8 @@ class LeanEnergyForces(nn.Module):
     the node features and summed messages of every layer (node-sized), and each layer's edges
     are run again, ``chunks`` parts one after another, while its gradients are taken. The
     per-edge activations alive at any time are then those of 1/chunks of one layer's edges
-    instead of all layers' (bench/README.md, "Memory"), for a second pass over the edges.
+    instead of all layers' (bench/README.md, "Edges in parts"), for a second forward pass over
+    the edges. Edge counts must be a multiple of ``chunks`` (pad_edges).
     """
 
     def __init__(self, model: nn.Module, chunks: int = 8):
@@ -341,8 +342,9 @@ AOTI_INDUCTOR_OPTIONS: Dict[str, object] = {"reorder_for_locality": False}
 # parts, compiled without fusion of scheduler nodes. With fusion on, the paper-size package of
 # 8 parts gave edge gradients off by 2 % of the largest (5e-3 absolute on a 288-atom melt);
 # without it they equal eager (4e-7) and the package is faster than the whole-graph one
-# (bench/README.md, "Memory"): 0.18 against 0.26 s per call on the 360-atom 15-loop, 3.6 against
-# 4.3 s on a 3,456-atom melt, whose peak memory falls from 5.3 to 0.9 GB.
+# (bench/README.md, "Edges in parts", bench_lean.py, 2 threads): 0.144 against 0.238 s per call on
+# the 360-atom 15-loop, 11.0 against 22.7 s on a 10,368-atom melt, peak memory 0.12-0.18 instead
+# of ~1.5 MB per atom.
 AOTI_CHUNKS = 8
 LEAN_INDUCTOR_OPTIONS: Dict[str, object] = {"max_fusion_size": 1, "reorder_for_locality": False}
 

@@ -17,7 +17,7 @@
   and all carry the weights' ``fingerprint``; ``polyget._core``, ``pair_style polyget`` and
   ``mliap unified`` run the one for their current thread count for whole-graph evaluations,
   else the TorchScript file. ET packages take every layer's edges in parts (``--aoti-chunks``,
-  default 8: less memory and faster on this CPU, bench/README.md "Memory"); ``--aoti-chunks 1``
+  default 8: less memory and faster on this CPU, bench/README.md "Edges in parts"); ``--aoti-chunks 1``
   compiles the whole graph at once.
 """
 
