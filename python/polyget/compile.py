@@ -9,7 +9,8 @@
   (forward and backward in one graph), exported with ``torch.export`` and compiled with
   ``torch._inductor.aoti_compile_and_package``. For ET models the function compiled is
   :class:`LeanEnergyForces` (every layer's edges in ``AOTI_CHUNKS`` parts, run again in the
-  backward pass: a fraction of the memory, and faster on a CPU whose caches then hold a part);
+  backward pass: a fraction of the memory, and for the paper-size model faster on a CPU whose
+  caches then hold a part);
   ``chunks=1`` (and other backbones) compile :class:`EnergyForces` whole.
 
 The package's call signature (``EnergyForces``) is

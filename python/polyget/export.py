@@ -17,7 +17,8 @@
   and all carry the weights' ``fingerprint``; ``polyget._core``, ``pair_style polyget`` and
   ``mliap unified`` run the one for their current thread count for whole-graph evaluations,
   else the TorchScript file. ET packages take every layer's edges in parts (``--aoti-chunks``,
-  default 8: less memory and faster on this CPU, bench/README.md "Edges in parts"); ``--aoti-chunks 1``
+  default 8: less memory, and faster for the paper-size model on this CPU, bench/README.md "Edges
+  in parts"); ``--aoti-chunks 1``
   compiles the whole graph at once.
 """
 
@@ -294,7 +295,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--aoti-chunks", type=int, default=None, metavar="K",
                    help="ET packages: take every layer's edges in K parts, each run again in the "
                         "backward pass (peak memory ~1/6 of the whole-graph package's on a "
-                        "3,456-atom melt, and faster on this CPU; compiles ~7x longer). Default "
+                        "3,456-atom melt; faster for the paper-size model, up to 1.16x slower "
+                        "for small ones on one thread; compiles ~7x longer). Default "
                         "8; 1 compiles the whole graph at once; other backbones always 1")
     args = p.parse_args(argv)
     if args.aoti_chunks is not None and args.aoti_chunks < 1:
