@@ -9,7 +9,7 @@ run_bench.py uses; made if missing), one per chunk count, for the given CPU thre
 checked against eager by the export itself. Timing: one process loads every package and
 alternates them call by call on the same graph (neighbour list made once, not timed), so a
 busy machine slows them alike; median and min of the rounds. Memory: a fresh process per
-package and size runs two calls and reports its peak resident set (ru_maxrss), and the same
+package and size runs two calls and reports its peak resident set (VmHWM), and the same
 for a process that loads the package and runs a 2-atom call (the baseline: libraries, weights).
 Structures as run_bench.py: the 360-atom CK6 15-loop and periodic LAC2 melts (3,456 / 10,368 /
 36,000 atoms). Results: bench/results/lean_<UTC time>.json and .md.

@@ -461,8 +461,8 @@ def keep_freed_memory() -> bool:
     allocations with a fresh mmap and unmaps them on free, so every step page-faults the
     model's intermediate buffers in again (paper-size model, 360 atoms, 2 threads, the same
     AOTInductor package, one interleaved bench run: `mliap unified` 0.307 s per step against
-    the plugin's 0.215 s before this, 0.184 s both after; bench/README.md). Sets M_MMAP_MAX 0 and a 1 GB trim threshold once per process, on
-    glibc only; ``POLYGET_MALLOC=system`` keeps glibc's defaults. Returns True if set."""
+    the plugin's 0.215 s before this, 0.184 s both after; bench/README.md). Sets M_MMAP_MAX 0
+    and a 1 GB trim threshold once per process, on glibc only; ``POLYGET_MALLOC=system`` keeps glibc's defaults. Returns True if set."""
     global _HEAP_KEPT
     if _HEAP_KEPT or os.environ.get("POLYGET_MALLOC") == "system":
         return _HEAP_KEPT

@@ -18,8 +18,7 @@
   ``mliap unified`` run the one for their current thread count for whole-graph evaluations,
   else the TorchScript file. ET packages take every layer's edges in parts (``--aoti-chunks``,
   default 8: less memory, and faster for the paper-size model on this CPU, bench/README.md "Edges
-  in parts"); ``--aoti-chunks 1``
-  compiles the whole graph at once.
+  in parts"); ``--aoti-chunks 1`` compiles the whole graph at once.
 """
 
 from __future__ import annotations
