@@ -1,8 +1,12 @@
-"""Whole-graph vs edges-in-parts AOTInductor packages (compile.LeanEnergyForces): time and peak
-memory of one energy + forces call of the paper-size model, float32.
+"""Whole-graph vs edges-in-parts AOTInductor packages (compile.LeanEnergyForces), with and
+without the fused message operators (ops.py): time and peak memory of one energy + forces call
+of the paper-size model, float32.
 
-    .venv/bin/python bench/bench_lean.py [--chunks 1,8] [--threads 2] [--sizes 360,3456]
+    .venv/bin/python bench/bench_lean.py [--chunks 1,8,8f] [--threads 2] [--sizes 360,3456]
         [--rounds 7] [--out bench/results]
+
+``--chunks``: package forms, K = edges in K parts (1: the whole graph), Kf = K parts with the
+fused operators.
 
 Packages are compiled once into build/bench/lean/ from build/bench/paper.ckpt (the weights
 run_bench.py uses; made if missing), one per chunk count, for the given CPU thread count, and
@@ -54,15 +58,17 @@ def graph(n):
             torch.as_tensor(vec, dtype=torch.float32), torch.ones(len(sp)))
 
 
-def package(chunks, threads):
-    """build/bench/lean/paper-cK-tT.pt2, compiled if missing (minutes; chunks > 1: ~7x longer)."""
+def package(form, threads):
+    """build/bench/lean/paper-cK[f]-tT.pt2, compiled if missing (minutes; K > 1 unfused: ~7x
+    longer)."""
     import torch
 
     from polyget.compile import export_aoti
     from polyget.io import atomic_save, load_checkpoint, make_checkpoint, model_from_checkpoint
     from polyget.nn import ModelConfig, PolyGET
 
-    out = BUILD / "lean" / f"paper-c{chunks}-t{threads}.pt2"
+    chunks, fused = int(form.rstrip("f")), form.endswith("f")
+    out = BUILD / "lean" / f"paper-c{form}-t{threads}.pt2"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +78,7 @@ def package(chunks, threads):
         atomic_save(make_checkpoint(PolyGET(ModelConfig(**PAPER))), ckpt)
     model = model_from_checkpoint(load_checkpoint(ckpt), "float32").eval()
     t0 = time.time()
-    export_aoti(model, out, torch.float32, threads=threads, chunks=chunks)
+    export_aoti(model, out, torch.float32, threads=threads, chunks=chunks, fused=fused)
     log(f"bench_lean: compiled {out.name} in {time.time() - t0:.0f} s")
     return out
 
@@ -110,7 +116,7 @@ def peak_rss():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--chunks", default="1,8")
+    ap.add_argument("--chunks", default="1,8,8f")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", default="360,3456")
     ap.add_argument("--rounds", type=int, default=7)
@@ -128,7 +134,7 @@ def main():
 
     from polyget.compile import load_aoti
 
-    chunks = [int(c) for c in args.chunks.split(",")]
+    chunks = args.chunks.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
     pkgs = {c: package(c, args.threads) for c in chunks}
     torch.set_num_threads(args.threads)
@@ -171,7 +177,7 @@ def main():
             base = int(subprocess.check_output([sys.executable, __file__, "--memory-worker", str(p), "0",
                                                 str(args.threads)]).split()[-1])
             for n in sizes:
-                if c == 1 and n == 36000:
+                if c == "1" and n == 36000:
                     continue  # ~53 GB (1.47 MB/atom): more than the development machine has
                 peak = int(subprocess.check_output([sys.executable, __file__, "--memory-worker", str(p),
                                                     str(n), str(args.threads)]).split()[-1])

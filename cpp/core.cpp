@@ -1,5 +1,6 @@
 // polyget C++ core: see core.h.
 #include "core.h"
+#include "ops/et_messages.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -331,6 +332,13 @@ void Model::load_aoti() {
     if (multiple < 1 || (multiple > 1 && !(pad_length > meta_.cutoff))) {
       skip("polyget.edge_multiple " + std::to_string(multiple) + " needs a polyget.pad_length "
            "beyond the cutoff; re-export the model");
+      continue;
+    }
+    // packages of ET models call polyget::et_messages[_backward] (cpp/ops, linked here)
+    const std::string fused = get("polyget.fused_ops");
+    if (!fused.empty() && fused != "0" && fused != std::to_string(polyget_ops_abi_version())) {
+      skip("compiled against polyget operators version " + fused + ", this build has " +
+           std::to_string(polyget_ops_abi_version()) + "; re-export the model");
       continue;
     }
     aoti_pkgs_.push_back(AotiPackage{pkg, threads, nullptr, multiple, pad_length});

@@ -106,6 +106,10 @@ def test_metadata_names_the_packages(exported):
         pm = package_metadata(p)
         assert pm["polyget.edge_multiple"] == str(AOTI_CHUNKS)
         assert float(pm["polyget.pad_length"]) == 2 * model.cutoff
+        # and run the messages with polyget's fused operators where those are built
+        from polyget import ops
+
+        assert pm["polyget.fused_ops"] == (str(ops.ABI_VERSION) if ops.load() else "0")
     try:
         from polyget import _core
     except ImportError:
@@ -320,6 +324,32 @@ def test_whole_graph_package_still_runs(tmp_path, threads):
                            aoti_threads="1", aoti_chunks=1)
     pkg = jit.with_name("whole.aoti-t1.pt2")
     assert package_metadata(pkg)["polyget.edge_multiple"] == "1"
+    threads(1)
+    g = atoms_to_graph(periodic(4), model.elements, model.cutoff)
+    ref = evaluate(model, g)
+    w = torch.ones(len(g.species), dtype=torch.float64)
+    ae, fij = load_aoti(pkg)(g.species, g.edge_index, g.edge_vec.clone(), w)
+    assert (fij - ref["fij"]).abs().max().item() < 1e-10
+    native = _native()
+    nm = native.NativeModel(jit)
+    e, _, fij = nm.compute(g.species, g.edge_index, g.edge_vec)
+    assert nm.uses_aoti, nm.aoti_status
+    assert abs(e - ref["energy"].item()) < 1e-10
+    assert (fij - ref["fij"]).abs().max().item() < 1e-10
+
+
+def test_unfused_parts_package_still_runs(tmp_path, threads):
+    """--no-fused-ops: the package of edges in parts without the operators (what CUDA packages
+    and machines without libpolyget_ops.so get) runs in Python and in the C++ core."""
+    from polyget.compile import load_aoti, package_metadata
+    from polyget.export import export_model
+
+    model = tiny_model(torch.float64, num_layers=2)
+    pt, jit = export_model(model, tmp_path / "plain.pt", dtype="float64", aoti=True,
+                           aoti_threads="1", fused_ops=False)
+    pkg = jit.with_name("plain.aoti-t1.pt2")
+    meta = package_metadata(pkg)
+    assert meta["polyget.fused_ops"] == "0" and meta["polyget.edge_multiple"] != "1"
     threads(1)
     g = atoms_to_graph(periodic(4), model.elements, model.cutoff)
     ref = evaluate(model, g)

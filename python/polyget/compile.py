@@ -68,10 +68,20 @@ class LeanEnergyForces(nn.Module):
     the edges. Edge counts must be a multiple of ``chunks`` (pad_edges).
     """
 
-    def __init__(self, model: nn.Module, chunks: int = 8):
+    def __init__(self, model: nn.Module, chunks: int = 8, fused: bool = False):
         super().__init__()
         self.model = model
         self.chunks = int(chunks)
+        # fused: the messages and their gradients by polyget's operators (ops.py, cpp/ops): one
+        # pass over a part's edges each, and no second forward pass over them in the backward
+        self.fused = bool(fused)
+        if self.fused:
+            why = fused_unsupported(model)
+            if why:
+                raise ValueError("fused messages: " + why)
+            from . import ops
+
+            ops.load(required=True)
 
     def _parts(self, nedges):
         k = self.chunks
@@ -99,7 +109,12 @@ class LeanEnergyForces(nn.Module):
                 xa, va = None, None
                 for ei, f in zip(eis, pf):
                     c, cu, rbf = m._unpack(f)
-                    a, b = mod.messages(q, kk, v, vec, ei, c, cu, mod.filters(rbf), k == 0)
+                    if self.fused:
+                        a, b = torch.ops.polyget.et_messages(q, kk, v, vec, ei[0], ei[1], c, cu,
+                                                             mod.filters(rbf), mod.num_heads,
+                                                             k == 0)
+                    else:
+                        a, b = mod.messages(q, kk, v, vec, ei, c, cu, mod.filters(rbf), k == 0)
                     xa = a if xa is None else xa + a
                     va = b if va is None else va + b
                 saved.append((x, vec, xa, va))
@@ -133,6 +148,23 @@ class LeanEnergyForces(nn.Module):
             gk = torch.zeros_like(kk)
             gvv = torch.zeros_like(v)
             for p, (ei, f) in enumerate(zip(eis, pf)):
+                if self.fused:
+                    # the operator's backward recomputes what it needs per edge; autograd
+                    # takes the gradients of c, cu and the filters back to the edge features
+                    fl = f.detach().requires_grad_(True)
+                    c, cu, rbf = m._unpack(fl)
+                    filt = mod.filters(rbf)
+                    r = torch.ops.polyget.et_messages_backward(
+                        gxa, gva, ql.detach(), kl.detach(), vl_.detach(), v0, ei[0], ei[1],
+                        c.detach(), cu.detach(), filt.detach(), mod.num_heads, k == 0)
+                    (gf,) = torch.autograd.grad([c, cu, filt], [fl], [r[4], r[5], r[6]])
+                    gparts[p] = gparts[p] + gf
+                    gq = gq + r[0]
+                    gk = gk + r[1]
+                    gvv = gvv + r[2]
+                    if k > 0:
+                        gvin = gvin + r[3]
+                    continue
                 fl = f.detach().requires_grad_(True)
                 c, cu, rbf = m._unpack(fl)
                 if k == 0:
@@ -155,6 +187,19 @@ class LeanEnergyForces(nn.Module):
         (ge,) = torch.autograd.grad([x0], [fl], [gx])
         (fij,) = torch.autograd.grad([feats], [ev], [gfeats + ge])
         return ae.detach(), fij
+
+
+def fused_unsupported(model: nn.Module) -> str:
+    """Why ``model`` cannot use the fused message operators ("" if it can): they implement
+    the ET layer (nn/attention.py) with the SiLU attention activation."""
+    layers = getattr(model, "layers", None)
+    if not layers or not all(hasattr(layer, "messages") for layer in layers):
+        return "%s has no ET layers" % type(model).__name__
+    for layer in layers:
+        if not isinstance(layer.attn_act, nn.SiLU):
+            return "attention activation %s (the operators implement SiLU)" % (
+                type(layer.attn_act).__name__)
+    return ""
 
 
 def pad_edges(edge_index: Tensor, edge_vec: Tensor, multiple: int, length: float
@@ -250,7 +295,7 @@ class AotiMismatch(RuntimeError):
 def export_aoti(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype,
                 device: str = "cpu", metadata: Optional[Dict[str, str]] = None,
                 threads: Optional[int] = None, dynamic_threads: bool = False,
-                chunks: Optional[int] = None) -> Path:
+                chunks: Optional[int] = None, fused: Optional[bool] = None) -> Path:
     """Compile ``model`` (polyget contract: forward(species, edge_index, edge_vec) -> [N]) to
     an AOTInductor package at ``path``; returns the path. Takes minutes on a small CPU.
 
@@ -261,14 +306,15 @@ def export_aoti(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype,
     compilation and rejected (AotiMismatch, nothing written) unless it reproduces the eager
     model."""
     return export_aoti_packages(model, {threads or torch.get_num_threads(): path}, dtype,
-                                device, metadata, dynamic_threads, chunks=chunks)[0]
+                                device, metadata, dynamic_threads, chunks=chunks,
+                                fused=fused)[0]
 
 
 def export_aoti_packages(model: nn.Module, paths: Dict[int, str | os.PathLike],
                          dtype: torch.dtype, device: str = "cpu",
                          metadata: Optional[Dict[str, str]] = None,
                          dynamic_threads: bool = False, log=None,
-                         chunks: Optional[int] = None) -> list:
+                         chunks: Optional[int] = None, fused: Optional[bool] = None) -> list:
     """One AOTInductor package per CPU thread count (``paths``: threads -> file), from one
     trace and export of the model; each is checked against eager before it is written.
     Returns the paths written, in the order of ``paths``; raises AotiMismatch for the first
@@ -277,7 +323,11 @@ def export_aoti_packages(model: nn.Module, paths: Dict[int, str | os.PathLike],
     ``chunks``: the edges of every layer are taken in this many parts (LeanEnergyForces; the
     package then takes edge counts that are a multiple of it, ``polyget.edge_multiple``, and
     load_aoti and the C++ core pad them). Default AOTI_CHUNKS for models that support it (ET),
-    1 (the whole-graph EnergyForces) otherwise."""
+    1 (the whole-graph EnergyForces) otherwise.
+
+    ``fused``: the parts' messages and gradients by polyget's fused CPU operators (ops.py;
+    the package then needs libpolyget_ops.so where it runs, metadata ``polyget.fused_ops``).
+    Default: for CPU packages of edges in parts when the operators are available."""
     import time
 
     import torch._inductor
@@ -286,7 +336,8 @@ def export_aoti_packages(model: nn.Module, paths: Dict[int, str | os.PathLike],
     for p in model.parameters():
         p.requires_grad_(False)
     chunks = lean_chunks(model, chunks)
-    ep = _export_program(model, dtype, device, chunks)
+    fused = _fused_choice(model, chunks, device, fused)
+    ep = _export_program(model, dtype, device, chunks, fused)
     base = {"polyget.format": AOTI_FORMAT, "polyget.format_version": str(AOTI_FORMAT_VERSION),
             "polyget.fingerprint": model_fingerprint(model),
             "polyget.dtype": str(dtype).replace("torch.", ""),
@@ -294,7 +345,8 @@ def export_aoti_packages(model: nn.Module, paths: Dict[int, str | os.PathLike],
             "polyget.isa": _isa_name() if device == "cpu" else "",
             "polyget.min_atoms": str(AOTI_MIN_ATOMS), "polyget.min_edges": str(AOTI_MIN_EDGES),
             "polyget.edge_multiple": str(chunks),
-            "polyget.pad_length": repr(2.0 * float(model.cutoff))}
+            "polyget.pad_length": repr(2.0 * float(model.cutoff)),
+            "polyget.fused_ops": str(_ops_abi()) if fused else "0"}
     base.update(metadata or {})
     written = []
     for nthreads, path in paths.items():
@@ -398,11 +450,40 @@ class _scatter_as_aten:
         return False
 
 
-def _export_program(model: nn.Module, dtype: torch.dtype, device: str, chunks: int = 1):
-    """torch.export of EnergyForces(model) (LeanEnergyForces with ``chunks`` > 1), traced
-    through autograd with make_fx; dynamic atom and edge counts (edges: multiples of
-    ``chunks``)."""
-    wrapped = (EnergyForces(model) if chunks == 1 else LeanEnergyForces(model, chunks)).eval()
+def _ops_abi() -> int:
+    from . import ops
+
+    return ops.ABI_VERSION
+
+
+def _fused_choice(model: nn.Module, chunks: int, device: str, fused: Optional[bool]) -> bool:
+    """Whether a package uses the fused operators: ``fused`` if given (checked), else when it
+    takes the edges in parts, runs on the CPU and the operators load."""
+    from . import ops
+
+    if fused is None:
+        return (chunks > 1 and device.split(":")[0] == "cpu" and not fused_unsupported(model)
+                and ops.load())
+    if fused:
+        if chunks == 1:
+            raise ValueError("fused operators need the edges in parts (chunks > 1)")
+        if device.split(":")[0] != "cpu":
+            raise ValueError("the fused operators run on the CPU only; export %s packages "
+                             "without them" % device)
+        why = fused_unsupported(model)
+        if why:
+            raise ValueError("fused operators: " + why)
+        ops.load(required=True)
+    return bool(fused)
+
+
+def _export_program(model: nn.Module, dtype: torch.dtype, device: str, chunks: int = 1,
+                    fused: bool = False):
+    """torch.export of EnergyForces(model) (LeanEnergyForces with ``chunks`` > 1, its
+    messages by polyget's operators if ``fused``), traced through autograd with make_fx;
+    dynamic atom and edge counts (edges: multiples of ``chunks``)."""
+    wrapped = (EnergyForces(model) if chunks == 1
+               else LeanEnergyForces(model, chunks, fused=fused)).eval()
     species, ei, vec = example_graph(list(model.elements), float(model.cutoff))
     ei, vec = pad_edges(ei, vec, chunks, 2.0 * float(model.cutoff))
     inputs = (species.to(device), ei.to(device), vec.to(device=device, dtype=dtype),
@@ -461,8 +542,16 @@ class AotiRunner:
         import torch._inductor
 
         self.path = str(path)
-        self._run = torch._inductor.aoti_load_package(self.path)
         meta = package_metadata(path)
+        if meta.get("polyget.fused_ops", "0") not in ("", "0"):
+            from . import ops
+
+            ops.load(required=True)
+            if meta["polyget.fused_ops"] != str(ops.ABI_VERSION):
+                raise ValueError("%s: compiled against polyget operators version %s, this "
+                                 "polyget has %d; re-export the model"
+                                 % (path, meta["polyget.fused_ops"], ops.ABI_VERSION))
+        self._run = torch._inductor.aoti_load_package(self.path)
         self.edge_multiple = int(meta.get("polyget.edge_multiple", "1"))
         self.pad_length = float(meta.get("polyget.pad_length", "0") or 0.0)
         if self.edge_multiple > 1 and not self.pad_length > 0.0:

@@ -18,7 +18,9 @@
   ``mliap unified`` run the one for their current thread count for whole-graph evaluations,
   else the TorchScript file. ET packages take every layer's edges in parts (``--aoti-chunks``,
   default 8: less memory, and faster for the paper-size model on this CPU, bench/README.md "Edges
-  in parts"); ``--aoti-chunks 1`` compiles the whole graph at once.
+  in parts"); ``--aoti-chunks 1`` compiles the whole graph at once. CPU packages of parts run
+  the messages with polyget's fused operators (``--fused-ops``, default when libpolyget_ops.so
+  is built; bench/README.md "Fused messages").
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def parse_threads(text: str | int | List[int] | None) -> List[int]:
 def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "float64",
                  device: str = "cpu", extra_metadata: Optional[Dict[str, Any]] = None,
                  aoti: bool = False, aoti_threads=None,
-                 aoti_chunks: Optional[int] = None) -> Tuple[Path, Path]:
+                 aoti_chunks: Optional[int] = None,
+                 fused_ops: Optional[bool] = None) -> Tuple[Path, Path]:
     """Write NAME.pt and NAME.jit.pt for an (eager or scripted) polyget-contract model, and
     with ``aoti`` the AOTInductor packages NAME.aoti-tN.pt2, one per CPU thread count N in
     ``aoti_threads`` (default: torch.get_num_threads(); "1,2" or [1, 2]; a minute or more of
@@ -176,7 +179,7 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, dtype: str = "f
                 metadata={"polyget.elements": " ".join(model.elements),
                           "polyget.cutoff": repr(float(model.cutoff))},
                 log=lambda m: print("export: " + m, file=sys.stderr, flush=True),
-                chunks=aoti_chunks)
+                chunks=aoti_chunks, fused=fused_ops)
         except Exception as exc:  # the portable files are still written
             print("export: warning: no AOTInductor package (%s: %s); writing the TorchScript "
                   "files only" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
@@ -252,7 +255,8 @@ def load_checkpoint_model(ckpt: str | os.PathLike, dtype: str = "float64"):
 
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float64",
            device: str = "cpu", aoti: bool = False, aoti_threads=None,
-           aoti_chunks: Optional[int] = None) -> Tuple[Path, Path]:
+           aoti_chunks: Optional[int] = None,
+           fused_ops: Optional[bool] = None) -> Tuple[Path, Path]:
     """Checkpoint -> (NAME.pt, NAME.jit.pt)."""
     model, ck = load_checkpoint_model(ckpt, dtype)
     extra = {"source_checkpoint": Path(ckpt).name,
@@ -264,7 +268,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float6
         except TypeError:
             pass
     return export_model(model, out, dtype=dtype, device=device, extra_metadata=extra, aoti=aoti,
-                        aoti_threads=aoti_threads, aoti_chunks=aoti_chunks)
+                        aoti_threads=aoti_threads, aoti_chunks=aoti_chunks,
+                        fused_ops=fused_ops)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -297,6 +302,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "3,456-atom melt; faster for the paper-size model, up to 1.16x slower "
                         "for small ones on one thread; compiles ~7x longer). Default "
                         "8; 1 compiles the whole graph at once; other backbones always 1")
+    p.add_argument("--fused-ops", action=argparse.BooleanOptionalAction, default=None,
+                   help="CPU packages of ET models with edges in parts: run the messages and "
+                        "their gradients with polyget's fused operators (libpolyget_ops.so, "
+                        "built by `make setup`; the package then needs it where it runs). "
+                        "Default: on when the operators are available")
     args = p.parse_args(argv)
     if args.aoti_chunks is not None and args.aoti_chunks < 1:
         p.error("--aoti-chunks must be >= 1")
@@ -308,7 +318,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         pt, jit = export(args.checkpoint, args.output, dtype=args.dtype, device=args.device,
                          aoti=args.aoti, aoti_threads=args.aoti_threads,
-                         aoti_chunks=args.aoti_chunks)
+                         aoti_chunks=args.aoti_chunks, fused_ops=args.fused_ops)
     except ExportError as exc:
         print("export: error: %s" % exc, file=sys.stderr)
         return 2

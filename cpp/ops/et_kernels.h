@@ -1,0 +1,51 @@
+// Fused CPU kernels of the ET attention messages (python/polyget/nn/attention.py, messages()):
+// forward (summed messages per centre atom) and backward (gradients of every input), for a
+// range of edges, one edge at a time with everything per edge kept in registers and L1.
+//
+// The mathematics is that of EquivariantAttention.messages with the SiLU attention activation:
+//   s_h   = sum_d q_i[h,d] k_j[h,d] dk_e[h,d]            a_h = silu(s_h) c_e
+//   x_agg[i]   += (v_j^x dv_e^x) a_h
+//   vec_agg[i] += (v_j^2 dv_e^2) cu_e + vec_j (v_j^1 dv_e^1 c_e)       (vec_j = 0 in layer 0)
+// with v and dv laid out per head as [x | v1 | v2] blocks of D = F / H channels, and the
+// backward pass written out by hand (tests/test_ops.py checks it against autograd in float64).
+//
+// This header is compiled once per instruction set (et_kernels_generic.cpp, et_kernels_avx2.cpp)
+// inside the namespace POLYGET_ET_ISA; et_messages.cpp picks one at run time. Loops over channels
+// carry no scalar reductions (partial sums go to small per-channel arrays), so they vectorise.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+namespace polyget {
+namespace et {
+
+// what the kernels read and write; the node outputs are passed separately (they may be
+// thread-private blocks that the caller sums)
+template <typename T>
+struct Args {
+  int64_t F = 0, H = 0;
+  const T *q = nullptr, *k = nullptr, *v = nullptr, *vec = nullptr;  // vec null: layer 0
+  const int64_t *i = nullptr, *j = nullptr;
+  const T *c = nullptr, *cu = nullptr, *filt = nullptr;
+  const T *gxa = nullptr, *gva = nullptr;    // backward: gradients of x_agg, vec_agg
+  T *gc = nullptr, *gcu = nullptr, *gfilt = nullptr;  // backward: per-edge outputs
+};
+
+constexpr int64_t kMaxHeadDim = 256;
+
+// node block of the backward pass: [gq N*F | gk N*F | gv N*3F | gvec N*3F]
+inline int64_t backward_block(int64_t n, int64_t f) { return 8 * n * f; }
+
+#define POLYGET_ET_DECLARE(ISA)                                                                \
+  namespace ISA {                                                                              \
+  void forward(const Args<float>& a, int64_t e0, int64_t e1, float* xa, float* va);            \
+  void forward(const Args<double>& a, int64_t e0, int64_t e1, double* xa, double* va);         \
+  void backward(const Args<float>& a, int64_t e0, int64_t e1, int64_t n, float* node);         \
+  void backward(const Args<double>& a, int64_t e0, int64_t e1, int64_t n, double* node);       \
+  }
+POLYGET_ET_DECLARE(generic)
+POLYGET_ET_DECLARE(avx2)
+#undef POLYGET_ET_DECLARE
+
+}  // namespace et
+}  // namespace polyget

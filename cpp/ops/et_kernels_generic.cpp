@@ -1,0 +1,3 @@
+// The ET message kernels for the build's baseline instruction set.
+#define POLYGET_ET_ISA generic
+#include "et_kernels_impl.h"

@@ -1,0 +1,241 @@
+// Registration, argument checks and threading of the fused ET message operators (et_messages.h).
+#include "et_messages.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "et_kernels.h"
+
+using at::Tensor;
+
+namespace {
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && defined(POLYGET_OPS_HAVE_AVX2) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+void run_forward(const polyget::et::Args<T>& a, int64_t e0, int64_t e1, T* xa, T* va) {
+  if (cpu_has_avx2())
+    polyget::et::avx2::forward(a, e0, e1, xa, va);
+  else
+    polyget::et::generic::forward(a, e0, e1, xa, va);
+}
+
+template <typename T>
+void run_backward(const polyget::et::Args<T>& a, int64_t e0, int64_t e1, int64_t n, T* node) {
+  if (cpu_has_avx2())
+    polyget::et::avx2::backward(a, e0, e1, n, node);
+  else
+    polyget::et::generic::backward(a, e0, e1, n, node);
+}
+
+void check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                  const Tensor& vec, const Tensor& i, const Tensor& j, const Tensor& c,
+                  const Tensor& cu, const Tensor& filt, int64_t heads) {
+  TORCH_CHECK(q.device().is_cpu(), op, ": CPU tensors only (packages for other devices are "
+              "compiled without the fused operators)");
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, op,
+              ": float32 or float64 only, got ", q.scalar_type());
+  TORCH_CHECK(q.dim() == 2, op, ": q must be [N, F]");
+  const int64_t n = q.size(0), f = q.size(1), e = c.size(0);
+  TORCH_CHECK(heads > 0 && f % heads == 0 && f / heads <= polyget::et::kMaxHeadDim, op,
+              ": F = ", f, " is not heads (", heads, ") x head size (<= ",
+              polyget::et::kMaxHeadDim, ")");
+  for (const Tensor* t : {&k, &v, &vec, &c, &cu, &filt}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == q.scalar_type(), op,
+                ": all floating inputs must be CPU tensors of q's dtype");
+  }
+  TORCH_CHECK(k.sizes() == q.sizes(), op, ": k must be [N, F]");
+  TORCH_CHECK(v.dim() == 2 && v.size(0) == n && v.size(1) == 3 * f, op, ": v must be [N, 3F]");
+  TORCH_CHECK(vec.dim() == 3 && vec.size(0) == n && vec.size(1) == 3 && vec.size(2) == f, op,
+              ": vec must be [N, 3, F]");
+  TORCH_CHECK(i.scalar_type() == at::kLong && j.scalar_type() == at::kLong && i.dim() == 1 &&
+              j.dim() == 1 && i.size(0) == e && j.size(0) == e, op,
+              ": i, j must be int64 [E] like c");
+  TORCH_CHECK(cu.dim() == 2 && cu.size(0) == e && cu.size(1) == 3, op, ": cu must be [E, 3]");
+  TORCH_CHECK(filt.dim() == 2 && filt.size(0) == e && filt.size(1) == 4 * f, op,
+              ": filt must be [E, 4F]");
+}
+
+// Private accumulation blocks of the threads other than the first, kept per calling thread and
+// reused between calls: a fresh multi-megabyte block per call costs a page fault per 4 kB page
+// (glibc hands such blocks back to the system), which was more than the kernels themselves.
+// The blocks never leave the operator (outputs are fresh tensors).
+template <typename T>
+T* scratch(int64_t numel) {
+  thread_local std::vector<T> buf;
+  if (static_cast<int64_t>(buf.size()) < numel) buf.resize(static_cast<size_t>(numel));
+  return buf.data();
+}
+
+// threads for e edges: at::get_num_threads(), fewer for small edge counts
+int64_t threads_for(int64_t e) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), e / 64));
+}
+
+std::tuple<Tensor, Tensor> et_messages_cpu(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+                                           const Tensor& vec_, const Tensor& i_,
+                                           const Tensor& j_, const Tensor& c_, const Tensor& cu_,
+                                           const Tensor& filt_, int64_t heads, bool vec_is_zero) {
+  check_inputs("polyget::et_messages", q_, k_, v_, vec_, i_, j_, c_, cu_, filt_, heads);
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const Tensor i = i_.contiguous(), j = j_.contiguous(), c = c_.contiguous();
+  const Tensor cu = cu_.contiguous(), filt = filt_.contiguous();
+  const Tensor vec = vec_is_zero ? Tensor() : vec_.contiguous();
+  const int64_t n = q.size(0), f = q.size(1), e = c.size(0);
+  Tensor xa = at::empty({n, f}, q.options());
+  Tensor va = at::empty({n, 3, f}, q.options());
+  const int64_t nt = threads_for(e);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "et_messages", [&] {
+    polyget::et::Args<scalar_t> a;
+    a.F = f;
+    a.H = heads;
+    a.q = q.data_ptr<scalar_t>();
+    a.k = k.data_ptr<scalar_t>();
+    a.v = v.data_ptr<scalar_t>();
+    a.vec = vec_is_zero ? nullptr : vec.data_ptr<scalar_t>();
+    a.i = i.data_ptr<int64_t>();
+    a.j = j.data_ptr<int64_t>();
+    a.c = c.data_ptr<scalar_t>();
+    a.cu = cu.data_ptr<scalar_t>();
+    a.filt = filt.data_ptr<scalar_t>();
+    scalar_t* xo = xa.data_ptr<scalar_t>();
+    scalar_t* vo = va.data_ptr<scalar_t>();
+    if (nt == 1) {
+      std::memset(xo, 0, sizeof(scalar_t) * n * f);
+      std::memset(vo, 0, sizeof(scalar_t) * 3 * n * f);
+      run_forward(a, 0, e, xo, vo);
+      return;
+    }
+    // thread 0 adds into the outputs, the others into private blocks summed afterwards
+    scalar_t* pp = scratch<scalar_t>((nt - 1) * 4 * n * f);
+    // blocks that were written (a parallel_for nested in another parallel region runs inline)
+    std::vector<char> used(nt, 0);
+    at::parallel_for(0, e, (e + nt - 1) / nt, [&](int64_t b, int64_t end) {
+      const int64_t t = at::get_thread_num();
+      TORCH_CHECK(t < nt, "polyget::et_messages: thread ", t, " of ", nt);
+      used[t] = 1;
+      scalar_t* x_ = t == 0 ? xo : pp + (t - 1) * 4 * n * f;
+      scalar_t* v_ = t == 0 ? vo : x_ + n * f;
+      std::memset(x_, 0, sizeof(scalar_t) * n * f);
+      std::memset(v_, 0, sizeof(scalar_t) * 3 * n * f);
+      run_forward(a, b, end, x_, v_);
+    });
+    if (!used[0]) {  // ran inline on another thread id: the outputs are still unwritten
+      std::memset(xo, 0, sizeof(scalar_t) * n * f);
+      std::memset(vo, 0, sizeof(scalar_t) * 3 * n * f);
+    }
+    // sum the blocks, rows split among the threads
+    at::parallel_for(0, n, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t t = 1; t < nt; ++t) {
+        if (!used[t]) continue;
+        const scalar_t* bx = pp + (t - 1) * 4 * n * f;
+        const scalar_t* bv = bx + n * f;
+        for (int64_t x = r0 * f; x < r1 * f; ++x) xo[x] += bx[x];
+        for (int64_t x = 3 * r0 * f; x < 3 * r1 * f; ++x) vo[x] += bv[x];
+      }
+    });
+  });
+  return {xa, va};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> et_messages_backward_cpu(
+    const Tensor& gxa_, const Tensor& gva_, const Tensor& q_, const Tensor& k_, const Tensor& v_,
+    const Tensor& vec_, const Tensor& i_, const Tensor& j_, const Tensor& c_, const Tensor& cu_,
+    const Tensor& filt_, int64_t heads, bool vec_is_zero) {
+  check_inputs("polyget::et_messages_backward", q_, k_, v_, vec_, i_, j_, c_, cu_, filt_, heads);
+  TORCH_CHECK(gxa_.sizes() == q_.sizes() && gva_.sizes() == vec_.sizes() &&
+              gxa_.scalar_type() == q_.scalar_type() && gva_.scalar_type() == q_.scalar_type() &&
+              gxa_.device().is_cpu() && gva_.device().is_cpu(),
+              "polyget::et_messages_backward: gxa must be like q, gva like vec");
+  const Tensor gxa = gxa_.contiguous(), gva = gva_.contiguous();
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const Tensor i = i_.contiguous(), j = j_.contiguous(), c = c_.contiguous();
+  const Tensor cu = cu_.contiguous(), filt = filt_.contiguous();
+  const Tensor vec = vec_is_zero ? Tensor() : vec_.contiguous();
+  const int64_t n = q.size(0), f = q.size(1), e = c.size(0);
+  const int64_t nt = threads_for(e);
+  const int64_t blk = polyget::et::backward_block(n, f);
+  Tensor tot = at::empty({blk}, q.options());
+  Tensor gc = at::empty({e}, q.options());
+  Tensor gcu = at::empty({e, 3}, q.options());
+  Tensor gfilt = at::empty({e, 4 * f}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "et_messages_backward", [&] {
+    polyget::et::Args<scalar_t> a;
+    a.F = f;
+    a.H = heads;
+    a.q = q.data_ptr<scalar_t>();
+    a.k = k.data_ptr<scalar_t>();
+    a.v = v.data_ptr<scalar_t>();
+    a.vec = vec_is_zero ? nullptr : vec.data_ptr<scalar_t>();
+    a.i = i.data_ptr<int64_t>();
+    a.j = j.data_ptr<int64_t>();
+    a.c = c.data_ptr<scalar_t>();
+    a.cu = cu.data_ptr<scalar_t>();
+    a.filt = filt.data_ptr<scalar_t>();
+    a.gxa = gxa.data_ptr<scalar_t>();
+    a.gva = gva.data_ptr<scalar_t>();
+    a.gc = gc.data_ptr<scalar_t>();
+    a.gcu = gcu.data_ptr<scalar_t>();
+    a.gfilt = gfilt.data_ptr<scalar_t>();
+    scalar_t* out = tot.data_ptr<scalar_t>();
+    if (nt == 1) {
+      std::memset(out, 0, sizeof(scalar_t) * blk);
+      run_backward(a, 0, e, n, out);
+      return;
+    }
+    // thread 0 adds into the output block, the others into private blocks summed afterwards
+    scalar_t* pp = scratch<scalar_t>((nt - 1) * blk);
+    std::vector<char> used(nt, 0);
+    at::parallel_for(0, e, (e + nt - 1) / nt, [&](int64_t b, int64_t end) {
+      const int64_t t = at::get_thread_num();
+      TORCH_CHECK(t < nt, "polyget::et_messages_backward: thread ", t, " of ", nt);
+      used[t] = 1;
+      scalar_t* base = t == 0 ? out : pp + (t - 1) * blk;
+      std::memset(base, 0, sizeof(scalar_t) * blk);
+      run_backward(a, b, end, n, base);
+    });
+    if (!used[0]) std::memset(out, 0, sizeof(scalar_t) * blk);
+    at::parallel_for(0, blk, 4096, [&](int64_t x0, int64_t x1) {
+      for (int64_t t = 1; t < nt; ++t) {
+        if (!used[t]) continue;
+        const scalar_t* bt = pp + (t - 1) * blk;
+        for (int64_t x = x0; x < x1; ++x) out[x] += bt[x];
+      }
+    });
+  });
+  Tensor gq = tot.narrow(0, 0, n * f).view({n, f});
+  Tensor gk = tot.narrow(0, n * f, n * f).view({n, f});
+  Tensor gv = tot.narrow(0, 2 * n * f, 3 * n * f).view({n, 3 * f});
+  Tensor gvec = tot.narrow(0, 5 * n * f, 3 * n * f).view({n, 3, f});
+  return {gq, gk, gv, gvec, gc, gcu, gfilt};
+}
+
+}  // namespace
+
+extern "C" int polyget_ops_abi_version() { return POLYGET_OPS_ABI_VERSION; }
+extern "C" const char* polyget_ops_isa() { return cpu_has_avx2() ? "avx2" : "generic"; }
+
+TORCH_LIBRARY(polyget, m) {
+  m.def("et_messages(Tensor q, Tensor k, Tensor v, Tensor vec, Tensor i, Tensor j, Tensor c, "
+        "Tensor cu, Tensor filt, int heads, bool vec_is_zero) -> (Tensor, Tensor)");
+  m.def("et_messages_backward(Tensor gxa, Tensor gva, Tensor q, Tensor k, Tensor v, "
+        "Tensor vec, Tensor i, Tensor j, Tensor c, Tensor cu, Tensor filt, int heads, "
+        "bool vec_is_zero) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(polyget, CPU, m) {
+  m.impl("et_messages", &et_messages_cpu);
+  m.impl("et_messages_backward", &et_messages_backward_cpu);
+}
