@@ -10,7 +10,8 @@ fused operators.
 
 Packages are compiled once into build/bench/lean/ from build/bench/paper.ckpt (the weights
 run_bench.py uses; made if missing), one per chunk count, for the given CPU thread count, and
-checked against eager by the export itself. Timing: one process loads every package and
+checked against eager by the export itself. Freed memory stays in the heap, as in the engines
+(contract.keep_freed_memory). Timing: one process loads every package and
 alternates them call by call on the same graph (neighbour list made once, not timed), so a
 busy machine slows them alike; median and min of the rounds. Memory: a fresh process per
 package and size runs two calls and reports its peak resident set (VmHWM), and the same
@@ -88,8 +89,10 @@ def memory_worker(pkg, n, threads):
     import torch
 
     from polyget.compile import load_aoti
+    from polyget.contract import keep_freed_memory
 
     torch.set_num_threads(threads)
+    keep_freed_memory()
     run = load_aoti(pkg)
     if n == 0:
         g = (torch.tensor([0, 1]), torch.tensor([[0, 1], [1, 0]]),
@@ -133,7 +136,10 @@ def main():
     import torch
 
     from polyget.compile import load_aoti
+    from polyget.contract import keep_freed_memory
 
+    # as the engines do (mliap unified, polyget._core, the plugin): freed memory stays in the heap
+    keep_freed_memory()
     chunks = args.chunks.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
     pkgs = {c: package(c, args.threads) for c in chunks}

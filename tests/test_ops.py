@@ -8,6 +8,7 @@ import torch
 
 from conftest import polymer_like, tiny_model
 from polyget import ops
+from polyget.compile import _component_major
 from polyget.nn.attention import EquivariantAttention
 from polyget.nn.graph import atoms_to_graph
 
@@ -34,7 +35,8 @@ def _inputs(n, e, f, dtype=torch.float64, seed=1):
 def test_et_messages_equal_eager_layer(threads, vec_is_zero, f, heads):
     """Forward sums and every input gradient of polyget::et_messages[_backward] against
     EquivariantAttention.messages and autograd (float64, 1e-10), heads of 8, 6 and 16 channels
-    (vectorised loops with and without remainders), edges in any order."""
+    (vectorised loops with and without remainders), edges in any order; the operators take v
+    and the dv filters in component-major column order."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -47,10 +49,17 @@ def test_et_messages_equal_eager_layer(threads, vec_is_zero, f, heads):
                             leaves[6], vec_is_zero)
         ga, gb = torch.randn_like(a), torch.randn_like(b)
         ref = torch.autograd.grad([a, b], leaves, [ga, gb], allow_unused=True)
-        a2, b2 = torch.ops.polyget.et_messages(q, k, v, vec, ei[0], ei[1], c, cu, filt, heads,
+        # the operators take v and dv in component-major order (compile._component_major)
+        perm = _component_major(mod)
+        vcm = v.index_select(1, perm)
+        fcm = torch.cat([filt[:, :f], filt[:, f:].index_select(1, perm)], 1)
+        a2, b2 = torch.ops.polyget.et_messages(q, k, vcm, vec, ei[0], ei[1], c, cu, fcm, heads,
                                                vec_is_zero)
-        got = torch.ops.polyget.et_messages_backward(ga, gb, q, k, v, vec, ei[0], ei[1], c, cu,
-                                                     filt, heads, vec_is_zero)
+        got = list(torch.ops.polyget.et_messages_backward(ga, gb, q, k, vcm, vec, ei[0], ei[1], c,
+                                                          cu, fcm, heads, vec_is_zero))
+        inv = torch.argsort(perm)
+        got[2] = got[2].index_select(1, inv)
+        got[6] = torch.cat([got[6][:, :f], got[6][:, f:].index_select(1, inv)], 1)
     finally:
         torch.set_num_threads(old)
     torch.testing.assert_close(a2, a.detach(), rtol=0, atol=1e-10)

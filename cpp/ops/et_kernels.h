@@ -6,8 +6,11 @@
 //   s_h   = sum_d q_i[h,d] k_j[h,d] dk_e[h,d]            a_h = silu(s_h) c_e
 //   x_agg[i]   += (v_j^x dv_e^x) a_h
 //   vec_agg[i] += (v_j^2 dv_e^2) cu_e + vec_j (v_j^1 dv_e^1 c_e)       (vec_j = 0 in layer 0)
-// with v and dv laid out per head as [x | v1 | v2] blocks of D = F / H channels, and the
-// backward pass written out by hand (tests/test_ops.py checks it against autograd in float64).
+// and the backward pass written out by hand (tests/test_ops.py checks both against autograd in
+// float64). Layout: channel c = h * D + d (D = F / H); v [N, 3F] = [v^x | v^1 | v^2] and filt
+// [E, 4F] = [dk | dv^x | dv^1 | dv^2], F channels each (component-major: the model's v_proj and
+// dv_proj rows are per head [x | v1 | v2]; compile.LeanEnergyForces reorders them), so that
+// every loop runs over all F channels at once.
 //
 // This header is compiled once per instruction set (et_kernels_generic.cpp, et_kernels_avx2.cpp)
 // inside the namespace POLYGET_ET_ISA; et_messages.cpp picks one at run time. Loops over channels
@@ -31,7 +34,7 @@ struct Args {
   T *gc = nullptr, *gcu = nullptr, *gfilt = nullptr;  // backward: per-edge outputs
 };
 
-constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kMaxChannels = 1024;  // F (hidden channels) at most
 
 // node block of the backward pass: [gq N*F | gk N*F | gv N*3F | gvec N*3F]
 inline int64_t backward_block(int64_t n, int64_t f) { return 8 * n * f; }

@@ -31,46 +31,46 @@ void forward_range(const Args<T>& A, int64_t e0, int64_t e1, T* __restrict xa, T
   const T* __restrict v = A.v;
   const T* __restrict vec = A.vec;
   const T* __restrict filt = A.filt;
-  T att[kMaxHeadDim], tmp[kMaxHeadDim];
+  T att[kMaxChannels], tmp[kMaxChannels];
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t i = A.i[e], j = A.j[e];
     const T* __restrict qi = q + i * F;
     const T* __restrict kj = k + j * F;
-    const T* __restrict vj = v + j * 3 * F;
+    const T* __restrict vx = v + j * 3 * F;  // [x | v1 | v2], F channels each
     const T* __restrict dk = filt + e * 4 * F;
-    const T* __restrict dv = dk + F;
+    const T* __restrict dx = dk + F;  // [dk | dv_x | dv_1 | dv_2]
     const T ce = A.c[e], c0 = A.cu[3 * e], c1 = A.cu[3 * e + 1], c2 = A.cu[3 * e + 2];
+    POLYGET_IVDEP
+    for (int64_t c = 0; c < F; ++c) tmp[c] = qi[c] * kj[c] * dk[c];
     for (int64_t h = 0; h < H; ++h) {
-      for (int64_t d = 0; d < D; ++d) tmp[d] = qi[h * D + d] * kj[h * D + d] * dk[h * D + d];
       T s = 0;
-      for (int64_t d = 0; d < D; ++d) s += tmp[d];
-      att[h] = s * sigmoid(s) * ce;
+      for (int64_t d = 0; d < D; ++d) s += tmp[h * D + d];
+      const T a = s * sigmoid(s) * ce;
+      for (int64_t d = 0; d < D; ++d) att[h * D + d] = a;
     }
     T* __restrict xo = xa + i * F;
-    T* __restrict vo = va + i * 3 * F;
-    for (int64_t h = 0; h < H; ++h) {
-      const T ah = att[h];
-      const T* __restrict vb = vj + h * 3 * D;
-      const T* __restrict db = dv + h * 3 * D;
-      T* __restrict x_ = xo + h * D;
-      T* __restrict o0 = vo + h * D;
-      T* __restrict o1 = o0 + F;
-      T* __restrict o2 = o0 + 2 * F;
-      const T* __restrict w0 = HasVec ? vec + j * 3 * F + h * D : nullptr;
+    T* __restrict o0 = va + i * 3 * F;
+    T* __restrict o1 = o0 + F;
+    T* __restrict o2 = o0 + 2 * F;
+    POLYGET_IVDEP
+    for (int64_t c = 0; c < F; ++c) xo[c] += vx[c] * dx[c] * att[c];
+    if (HasVec) {
+      const T* __restrict w = vec + j * 3 * F;
       POLYGET_IVDEP
-      for (int64_t d = 0; d < D; ++d) {
-        x_[d] += vb[d] * db[d] * ah;
-        const T m2 = vb[2 * D + d] * db[2 * D + d];
-        if (HasVec) {
-          const T m1 = vb[D + d] * db[D + d] * ce;
-          o0[d] += m2 * c0 + w0[d] * m1;
-          o1[d] += m2 * c1 + w0[F + d] * m1;
-          o2[d] += m2 * c2 + w0[2 * F + d] * m1;
-        } else {
-          o0[d] += m2 * c0;
-          o1[d] += m2 * c1;
-          o2[d] += m2 * c2;
-        }
+      for (int64_t c = 0; c < F; ++c) {
+        const T m1 = vx[F + c] * dx[F + c] * ce;
+        const T m2 = vx[2 * F + c] * dx[2 * F + c];
+        o0[c] += m2 * c0 + w[c] * m1;
+        o1[c] += m2 * c1 + w[F + c] * m1;
+        o2[c] += m2 * c2 + w[2 * F + c] * m1;
+      }
+    } else {
+      POLYGET_IVDEP
+      for (int64_t c = 0; c < F; ++c) {
+        const T m2 = vx[2 * F + c] * dx[2 * F + c];
+        o0[c] += m2 * c0;
+        o1[c] += m2 * c1;
+        o2[c] += m2 * c2;
       }
     }
   }
@@ -88,97 +88,104 @@ void backward_range(const Args<T>& A, int64_t e0, int64_t e1, int64_t n, T* __re
   T* __restrict gk = node + n * F;
   T* __restrict gv = node + 2 * n * F;
   T* __restrict gvec = node + 5 * n * F;
-  T P0[kMaxHeadDim], P1[kMaxHeadDim], P2[kMaxHeadDim], PC[kMaxHeadDim], tga[kMaxHeadDim],
-      tmp[kMaxHeadDim];
+  T att[kMaxChannels], gsc[kMaxChannels], tga[kMaxChannels], tmp[kMaxChannels];
+  T P0[kMaxChannels], P1[kMaxChannels], P2[kMaxChannels], PC[kMaxChannels];
+  T silu[kMaxChannels], sgm[kMaxChannels], sv[kMaxChannels];
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t i = A.i[e], j = A.j[e];
     const T* __restrict qi = q + i * F;
     const T* __restrict kj = k + j * F;
-    const T* __restrict vj = v + j * 3 * F;
+    const T* __restrict vx = v + j * 3 * F;
     const T* __restrict dk = filt + e * 4 * F;
-    const T* __restrict dv = dk + F;
+    const T* __restrict dx = dk + F;
     T* __restrict gdk = A.gfilt + e * 4 * F;
-    T* __restrict gdv = gdk + F;
+    T* __restrict gdx = gdk + F;
     const T* __restrict gx = A.gxa + i * F;
-    const T* __restrict gw = A.gva + i * 3 * F;
+    const T* __restrict g0 = A.gva + i * 3 * F;
+    const T* __restrict g1 = g0 + F;
+    const T* __restrict g2 = g0 + 2 * F;
     T* __restrict gqi = gq + i * F;
     T* __restrict gkj = gk + j * F;
-    T* __restrict gvj = gv + j * 3 * F;
-    const T* __restrict w = HasVec ? vec + j * 3 * F : nullptr;
-    T* __restrict gwj = HasVec ? gvec + j * 3 * F : nullptr;
+    T* __restrict gvx = gv + j * 3 * F;
     const T ce = A.c[e], c0 = A.cu[3 * e], c1 = A.cu[3 * e + 1], c2 = A.cu[3 * e + 2];
-    for (int64_t d = 0; d < D; ++d) {
-      P0[d] = 0;
-      P1[d] = 0;
-      P2[d] = 0;
-      PC[d] = 0;
+    // attention weights per head, spread over their channels
+    POLYGET_IVDEP
+    for (int64_t c = 0; c < F; ++c) tmp[c] = qi[c] * kj[c] * dk[c];
+    for (int64_t h = 0; h < H; ++h) {
+      T s = 0;
+      for (int64_t d = 0; d < D; ++d) s += tmp[h * D + d];
+      const T sg = sigmoid(s);
+      sv[h] = s;
+      sgm[h] = sg;
+      silu[h] = s * sg;
+      const T a = s * sg * ce;
+      for (int64_t d = 0; d < D; ++d) att[h * D + d] = a;
     }
+    // x messages
+    POLYGET_IVDEP
+    for (int64_t c = 0; c < F; ++c) {
+      const T x = vx[c], f = dx[c], g = gx[c];
+      tga[c] = g * (x * f);
+      gvx[c] += g * att[c] * f;
+      gdx[c] = g * att[c] * x;
+    }
+    // vector messages, the (v2 dv2) cu term
+    POLYGET_IVDEP
+    for (int64_t c = 0; c < F; ++c) {
+      const T x = vx[2 * F + c], f = dx[2 * F + c];
+      const T m2 = x * f;
+      const T gm2 = g0[c] * c0 + g1[c] * c1 + g2[c] * c2;
+      P0[c] = g0[c] * m2;
+      P1[c] = g1[c] * m2;
+      P2[c] = g2[c] * m2;
+      gvx[2 * F + c] += gm2 * f;
+      gdx[2 * F + c] = gm2 * x;
+    }
+    // vector messages, the vec_j (v1 dv1 c) term
+    if (HasVec) {
+      const T* __restrict w = vec + j * 3 * F;
+      T* __restrict gw = gvec + j * 3 * F;
+      POLYGET_IVDEP
+      for (int64_t c = 0; c < F; ++c) {
+        const T x = vx[F + c], f = dx[F + c];
+        const T m1 = x * f * ce;
+        const T gm1 = g0[c] * w[c] + g1[c] * w[F + c] + g2[c] * w[2 * F + c];
+        gw[c] += g0[c] * m1;
+        gw[F + c] += g1[c] * m1;
+        gw[2 * F + c] += g2[c] * m1;
+        gvx[F + c] += gm1 * f * ce;
+        gdx[F + c] = gm1 * x * ce;
+        PC[c] = gm1 * x * f;
+      }
+    } else {
+      POLYGET_IVDEP
+      for (int64_t c = 0; c < F; ++c) {
+        gdx[F + c] = 0;
+        PC[c] = 0;
+      }
+    }
+    // attention: d/ds of silu(s) c, per head
     T gce = 0;
     for (int64_t h = 0; h < H; ++h) {
-      const int64_t o = h * D;
-      const int64_t b = h * 3 * D;
-      for (int64_t d = 0; d < D; ++d) tmp[d] = qi[o + d] * kj[o + d] * dk[o + d];
-      T s = 0;
-      for (int64_t d = 0; d < D; ++d) s += tmp[d];
-      const T sg = sigmoid(s);
-      const T silu = s * sg;
-      const T ah = silu * ce;
-      // x messages
-      POLYGET_IVDEP
-      for (int64_t d = 0; d < D; ++d) {
-        const T vx = vj[b + d], dx = dv[b + d], gxo = gx[o + d];
-        tga[d] = gxo * (vx * dx);
-        gvj[b + d] += gxo * ah * dx;
-        gdv[b + d] = gxo * ah * vx;
-      }
-      // vector messages, the (v2 dv2) cu term
-      POLYGET_IVDEP
-      for (int64_t d = 0; d < D; ++d) {
-        const T v2 = vj[b + 2 * D + d], d2 = dv[b + 2 * D + d];
-        const T g0 = gw[o + d], g1 = gw[F + o + d], g2 = gw[2 * F + o + d];
-        const T m2 = v2 * d2;
-        const T gm2 = g0 * c0 + g1 * c1 + g2 * c2;
-        P0[d] += g0 * m2;
-        P1[d] += g1 * m2;
-        P2[d] += g2 * m2;
-        gvj[b + 2 * D + d] += gm2 * d2;
-        gdv[b + 2 * D + d] = gm2 * v2;
-      }
-      // vector messages, the vec_j (v1 dv1 c) term
-      if (HasVec) {
-        POLYGET_IVDEP
-      for (int64_t d = 0; d < D; ++d) {
-          const T v1 = vj[b + D + d], d1 = dv[b + D + d];
-          const T g0 = gw[o + d], g1 = gw[F + o + d], g2 = gw[2 * F + o + d];
-          const T m1 = v1 * d1 * ce;
-          const T gm1 = g0 * w[o + d] + g1 * w[F + o + d] + g2 * w[2 * F + o + d];
-          gwj[o + d] += g0 * m1;
-          gwj[F + o + d] += g1 * m1;
-          gwj[2 * F + o + d] += g2 * m1;
-          gvj[b + D + d] += gm1 * d1 * ce;
-          gdv[b + D + d] = gm1 * v1 * ce;
-          PC[d] += gm1 * v1 * d1;
-        }
-      } else {
-        for (int64_t d = 0; d < D; ++d) gdv[b + D + d] = 0;
-      }
       T ga = 0;
-      for (int64_t d = 0; d < D; ++d) ga += tga[d];
-      gce += ga * silu;
+      for (int64_t d = 0; d < D; ++d) ga += tga[h * D + d];
+      gce += ga * silu[h];
+      const T s = sv[h], sg = sgm[h];
       const T gs = ga * ce * sg * (T(1) + s * (T(1) - sg));
-      POLYGET_IVDEP
-      for (int64_t d = 0; d < D; ++d) {
-        gqi[o + d] += gs * kj[o + d] * dk[o + d];
-        gkj[o + d] += gs * qi[o + d] * dk[o + d];
-        gdk[o + d] = gs * qi[o + d] * kj[o + d];
-      }
+      for (int64_t d = 0; d < D; ++d) gsc[h * D + d] = gs;
+    }
+    POLYGET_IVDEP
+    for (int64_t c = 0; c < F; ++c) {
+      gqi[c] += gsc[c] * kj[c] * dk[c];
+      gkj[c] += gsc[c] * qi[c] * dk[c];
+      gdk[c] = gsc[c] * qi[c] * kj[c];
     }
     T s0 = 0, s1 = 0, s2 = 0, sc = 0;
-    for (int64_t d = 0; d < D; ++d) {
-      s0 += P0[d];
-      s1 += P1[d];
-      s2 += P2[d];
-      sc += PC[d];
+    for (int64_t c = 0; c < F; ++c) {
+      s0 += P0[c];
+      s1 += P1[c];
+      s2 += P2[c];
+      sc += PC[c];
     }
     A.gc[e] = gce + sc;
     A.gcu[3 * e] = s0;

@@ -49,9 +49,9 @@ void check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor
               ": float32 or float64 only, got ", q.scalar_type());
   TORCH_CHECK(q.dim() == 2, op, ": q must be [N, F]");
   const int64_t n = q.size(0), f = q.size(1), e = c.size(0);
-  TORCH_CHECK(heads > 0 && f % heads == 0 && f / heads <= polyget::et::kMaxHeadDim, op,
-              ": F = ", f, " is not heads (", heads, ") x head size (<= ",
-              polyget::et::kMaxHeadDim, ")");
+  TORCH_CHECK(heads > 0 && f % heads == 0 && f <= polyget::et::kMaxChannels, op, ": F = ", f,
+              " is not heads (", heads, ") x head size, or more than ",
+              polyget::et::kMaxChannels, " channels");
   for (const Tensor* t : {&k, &v, &vec, &c, &cu, &filt}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == q.scalar_type(), op,
                 ": all floating inputs must be CPU tensors of q's dtype");

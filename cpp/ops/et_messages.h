@@ -9,7 +9,7 @@
 // (LAMMPS with the plugin and mliap unified) registers the operators once.
 #pragma once
 
-#define POLYGET_OPS_ABI_VERSION 1
+#define POLYGET_OPS_ABI_VERSION 2
 
 extern "C" {
 // POLYGET_OPS_ABI_VERSION of the loaded library (the C++ core checks it, and the call keeps the

@@ -106,13 +106,16 @@ class LeanEnergyForces(nn.Module):
             saved = []
             for k, mod in enumerate(layers):
                 q, kk, v = mod.node_terms(x)
+                if self.fused:
+                    perm = _component_major(mod).to(v.device)
+                    vcm = v.index_select(1, perm)
                 xa, va = None, None
                 for ei, f in zip(eis, pf):
                     c, cu, rbf = m._unpack(f)
                     if self.fused:
-                        a, b = torch.ops.polyget.et_messages(q, kk, v, vec, ei[0], ei[1], c, cu,
-                                                             mod.filters(rbf), mod.num_heads,
-                                                             k == 0)
+                        a, b = torch.ops.polyget.et_messages(
+                            q, kk, vcm, vec, ei[0], ei[1], c, cu, _cm_filters(mod, rbf, perm),
+                            mod.num_heads, k == 0)
                     else:
                         a, b = mod.messages(q, kk, v, vec, ei, c, cu, mod.filters(rbf), k == 0)
                     xa = a if xa is None else xa + a
@@ -147,15 +150,19 @@ class LeanEnergyForces(nn.Module):
             gq = torch.zeros_like(q)
             gk = torch.zeros_like(kk)
             gvv = torch.zeros_like(v)
+            if self.fused:
+                perm = _component_major(mod).to(v.device)
+                vcm = v.detach().index_select(1, perm)
             for p, (ei, f) in enumerate(zip(eis, pf)):
                 if self.fused:
                     # the operator's backward recomputes what it needs per edge; autograd
                     # takes the gradients of c, cu and the filters back to the edge features
+                    # (gv comes in the operator's component-major order: reordered below)
                     fl = f.detach().requires_grad_(True)
                     c, cu, rbf = m._unpack(fl)
-                    filt = mod.filters(rbf)
+                    filt = _cm_filters(mod, rbf, perm)
                     r = torch.ops.polyget.et_messages_backward(
-                        gxa, gva, ql.detach(), kl.detach(), vl_.detach(), v0, ei[0], ei[1],
+                        gxa, gva, ql.detach(), kl.detach(), vcm, v0, ei[0], ei[1],
                         c.detach(), cu.detach(), filt.detach(), mod.num_heads, k == 0)
                     (gf,) = torch.autograd.grad([c, cu, filt], [fl], [r[4], r[5], r[6]])
                     gparts[p] = gparts[p] + gf
@@ -178,6 +185,8 @@ class LeanEnergyForces(nn.Module):
                 gk = gk + gp[1]
                 gvv = gvv + gp[2]
                 gparts[p] = gparts[p] + gp[3]
+            if self.fused:
+                gvv = gvv.index_select(1, torch.argsort(perm))
             (g2,) = torch.autograd.grad([q, kk, v], [xin], [gq, gk, gvv])
             gx = gxin + g2
             gv = gvin if gvin is not None else torch.zeros_like(v0)
@@ -187,6 +196,25 @@ class LeanEnergyForces(nn.Module):
         (ge,) = torch.autograd.grad([x0], [fl], [gx])
         (fij,) = torch.autograd.grad([feats], [ev], [gfeats + ge])
         return ae.detach(), fij
+
+
+def _component_major(mod: nn.Module) -> Tensor:
+    """Column order that takes a layer's per-head [x | v1 | v2] blocks (v_proj, dv_proj rows)
+    to the fused operators' component-major [x | v1 | v2] (F channels each, channel
+    h * D + d): new column comp * F + h * D + d = old column h * 3D + comp * D + d."""
+    f, h = mod.hidden, mod.num_heads
+    d = f // h
+    new = torch.arange(3 * f)
+    comp, ch = new // f, new % f
+    return (ch // d) * 3 * d + comp * d + ch % d
+
+
+def _cm_filters(mod: nn.Module, rbf: Tensor, perm: Tensor) -> Tensor:
+    """mod.filters(rbf) with the dv columns in component-major order (the weight rows reordered,
+    so the product writes them there directly)."""
+    w = torch.cat([mod.dk_proj.weight, mod.dv_proj.weight.index_select(0, perm.to(rbf.device))], 0)
+    b = torch.cat([mod.dk_proj.bias, mod.dv_proj.bias.index_select(0, perm.to(rbf.device))], 0)
+    return mod.act(torch.nn.functional.linear(rbf, w, b))
 
 
 def fused_unsupported(model: nn.Module) -> str:

@@ -20,7 +20,7 @@ import torch
 LIBRARY = "libpolyget_ops.so"
 # cpp/ops/et_messages.h, POLYGET_OPS_ABI_VERSION: written into the packages that call the
 # operators (metadata polyget.fused_ops) and checked by the C++ core when it loads them
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _fakes_registered = False
 _load_error: Optional[str] = None
