@@ -3,10 +3,11 @@ without the fused message operators (ops.py): time and peak memory of one energy
 of the paper-size model, float32.
 
     .venv/bin/python bench/bench_lean.py [--chunks 1,8,8f] [--threads 2] [--sizes 360,3456]
-        [--rounds 7] [--out bench/results]
+        [--rounds 7] [--checkpoint CKPT] [--out bench/results]
 
 ``--chunks``: package forms, K = edges in K parts (1: the whole graph), Kf = K parts with the
-fused operators.
+fused operators. ``--checkpoint``: another model than the random paper-size one (e.g.
+potentials/polyget-cho.ckpt); its packages are build/bench/lean/<stem>-cK-tT.pt2.
 
 Packages are compiled once into build/bench/lean/ from build/bench/paper.ckpt (the weights
 run_bench.py uses; made if missing), one per chunk count, for the given CPU thread count, and
@@ -59,7 +60,7 @@ def graph(n):
             torch.as_tensor(vec, dtype=torch.float32), torch.ones(len(sp)))
 
 
-def package(form, threads):
+def package(form, threads, checkpoint=None):
     """build/bench/lean/paper-cK[f]-tT.pt2, compiled if missing (minutes; K > 1 unfused: ~7x
     longer)."""
     import torch
@@ -69,11 +70,12 @@ def package(form, threads):
     from polyget.nn import ModelConfig, PolyGET
 
     chunks, fused = int(form.rstrip("f")), form.endswith("f")
-    out = BUILD / "lean" / f"paper-c{form}-t{threads}.pt2"
+    stem = Path(checkpoint).stem if checkpoint else "paper"
+    out = BUILD / "lean" / f"{stem}-c{form}-t{threads}.pt2"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = BUILD / "paper.ckpt"
+    ckpt = Path(checkpoint) if checkpoint else BUILD / "paper.ckpt"
     if not ckpt.exists():
         torch.manual_seed(0)
         atomic_save(make_checkpoint(PolyGET(ModelConfig(**PAPER))), ckpt)
@@ -123,6 +125,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", default="360,3456")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--checkpoint", default=None,
+                    help="model to compile (default: the random paper-size build/bench/paper.ckpt)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-timing", action="store_true",
                     help="memory only (it does not need a quiet machine)")
@@ -142,11 +146,18 @@ def main():
     keep_freed_memory()
     chunks = args.chunks.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
-    pkgs = {c: package(c, args.threads) for c in chunks}
+    if args.checkpoint:
+        from polyget.io import load_checkpoint
+
+        cut = float(load_checkpoint(args.checkpoint)["hparams"].get("cutoff", 5.0))
+        if cut != PAPER["cutoff"]:
+            ap.error(f"{args.checkpoint}: cutoff {cut} A; the structures here are made for 5 A")
+    pkgs = {c: package(c, args.threads, args.checkpoint) for c in chunks}
     torch.set_num_threads(args.threads)
     runs = {c: load_aoti(p) for c, p in pkgs.items()}
     load0 = os.getloadavg()
-    result = {"threads": args.threads, "rounds": args.rounds, "model": PAPER, "dtype": "float32",
+    result = {"threads": args.threads, "rounds": args.rounds,
+              "model": args.checkpoint or PAPER, "dtype": "float32",
               "packages": {str(c): str(p.relative_to(ROOT)) for c, p in pkgs.items()},
               "load_before": load0, "sizes": {}}
     for n in sizes if not args.no_timing else []:

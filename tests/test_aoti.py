@@ -313,43 +313,20 @@ def test_paper_size_float32_package_is_exact(tmp_path, chunks):
     assert float((ae - ref_ae.detach()).abs().max()) < 1e-5 * max(1.0, float(ref_ae.abs().max()))
 
 
-def test_whole_graph_package_still_runs(tmp_path, threads):
-    """--aoti-chunks 1: the whole-graph package (no edge multiple) runs in Python and in the
-    C++ core with the eager numbers."""
+@pytest.mark.parametrize("chunks,fused", [(1, None), (8, False)])
+def test_other_package_forms_still_run(tmp_path, threads, chunks, fused):
+    """--aoti-chunks 1: the whole-graph package (no edge multiple); --no-fused-ops: edges in
+    parts without polyget's operators (what CUDA packages and machines without
+    libpolyget_ops.so get). Both run in Python and in the C++ core with the eager numbers."""
     from polyget.compile import load_aoti, package_metadata
     from polyget.export import export_model
 
     model = tiny_model(torch.float64, num_layers=3)
-    pt, jit = export_model(model, tmp_path / "whole.pt", dtype="float64", aoti=True,
-                           aoti_threads="1", aoti_chunks=1)
-    pkg = jit.with_name("whole.aoti-t1.pt2")
-    assert package_metadata(pkg)["polyget.edge_multiple"] == "1"
-    threads(1)
-    g = atoms_to_graph(periodic(4), model.elements, model.cutoff)
-    ref = evaluate(model, g)
-    w = torch.ones(len(g.species), dtype=torch.float64)
-    ae, fij = load_aoti(pkg)(g.species, g.edge_index, g.edge_vec.clone(), w)
-    assert (fij - ref["fij"]).abs().max().item() < 1e-10
-    native = _native()
-    nm = native.NativeModel(jit)
-    e, _, fij = nm.compute(g.species, g.edge_index, g.edge_vec)
-    assert nm.uses_aoti, nm.aoti_status
-    assert abs(e - ref["energy"].item()) < 1e-10
-    assert (fij - ref["fij"]).abs().max().item() < 1e-10
-
-
-def test_unfused_parts_package_still_runs(tmp_path, threads):
-    """--no-fused-ops: the package of edges in parts without the operators (what CUDA packages
-    and machines without libpolyget_ops.so get) runs in Python and in the C++ core."""
-    from polyget.compile import load_aoti, package_metadata
-    from polyget.export import export_model
-
-    model = tiny_model(torch.float64, num_layers=2)
-    pt, jit = export_model(model, tmp_path / "plain.pt", dtype="float64", aoti=True,
-                           aoti_threads="1", fused_ops=False)
-    pkg = jit.with_name("plain.aoti-t1.pt2")
+    pt, jit = export_model(model, tmp_path / "other.pt", dtype="float64", aoti=True,
+                           aoti_threads="1", aoti_chunks=chunks, fused_ops=fused)
+    pkg = jit.with_name("other.aoti-t1.pt2")
     meta = package_metadata(pkg)
-    assert meta["polyget.fused_ops"] == "0" and meta["polyget.edge_multiple"] != "1"
+    assert meta["polyget.edge_multiple"] == str(chunks) and meta["polyget.fused_ops"] == "0"
     threads(1)
     g = atoms_to_graph(periodic(4), model.elements, model.cutoff)
     ref = evaluate(model, g)
@@ -362,3 +339,4 @@ def test_unfused_parts_package_still_runs(tmp_path, threads):
     assert nm.uses_aoti, nm.aoti_status
     assert abs(e - ref["energy"].item()) < 1e-10
     assert (fij - ref["fij"]).abs().max().item() < 1e-10
+

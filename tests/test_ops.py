@@ -1,16 +1,15 @@
 """polyget's fused message operators (cpp/ops, python/polyget/ops.py): their values and
 gradients equal the eager ET layer's to 1e-10 in float64, for both thread counts and for
-layer 0 (zero input vectors); the packages' function with them equals the eager model; bad
-input gets a clear error."""
+layer 0 (zero input vectors); bad input gets a clear error. (The packages' function with them,
+LeanEnergyForces(fused=True), is checked against the eager model in tests/test_speed.py.)"""
 
 import pytest
 import torch
 
-from conftest import polymer_like, tiny_model
+from conftest import tiny_model
 from polyget import ops
 from polyget.compile import _component_major
 from polyget.nn.attention import EquivariantAttention
-from polyget.nn.graph import atoms_to_graph
 
 pytestmark = pytest.mark.skipif(not ops.load(), reason="libpolyget_ops.so not built (make setup)")
 
@@ -69,56 +68,6 @@ def test_et_messages_equal_eager_layer(threads, vec_is_zero, f, heads):
         torch.testing.assert_close(o, r, rtol=0, atol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize("chunks", [1, 3, 8])
-def test_fused_lean_energy_forces_equal_eager(chunks):
-    """LeanEnergyForces with the fused operators (what CPU packages of ET models compile)
-    gives the eager model's energies and edge gradients to 1e-10 (float64), padding rows zero."""
-    from polyget.compile import LeanEnergyForces, pad_edges
-
-    model = tiny_model(num_layers=3)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)
-    ne = g.edge_vec.shape[0]
-    ei, ev = pad_edges(g.edge_index, g.edge_vec, chunks, 2 * model.cutoff)
-    w = torch.linspace(0.5, 1.5, len(g.species), dtype=torch.float64)
-    ae, fij = LeanEnergyForces(model, chunks, fused=True)(g.species, ei, ev.clone(), w)
-    x = g.edge_vec.clone().requires_grad_(True)
-    ref = model(g.species, g.edge_index, x)
-    (ref_f,) = torch.autograd.grad((ref * w).sum(), x)
-    torch.testing.assert_close(ae, ref, rtol=0, atol=1e-10)
-    torch.testing.assert_close(fij[:ne], ref_f, rtol=0, atol=1e-10)
-    assert torch.count_nonzero(fij[ne:]) == 0
-
-
-def test_fused_lean_graph_traces_with_the_operators():
-    """make_fx keeps the operators as single nodes (two per part and layer) and the traced
-    graph runs another structure with the eager numbers."""
-    from collections import Counter
-
-    from polyget.compile import LeanEnergyForces, _trace, pad_edges
-
-    model = tiny_model(num_layers=2)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)
-    ei, ev = pad_edges(g.edge_index, g.edge_vec, 4, 2 * model.cutoff)
-    w = torch.ones(len(g.species), dtype=torch.float64)
-    gm = _trace(LeanEnergyForces(model, 4, fused=True), (g.species, ei, ev, w))
-    count = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-    assert count["polyget.et_messages.default"] == 2 * 4
-    assert count["polyget.et_messages_backward.default"] == 2 * 4
-    g2 = atoms_to_graph(polymer_like(seed=3), model.elements, model.cutoff)
-    ne = g2.edge_vec.shape[0]
-    ei2, ev2 = pad_edges(g2.edge_index, g2.edge_vec, 4, 2 * model.cutoff)
-    ae, fij = gm(g2.species, ei2, ev2.clone(), w)
-    x = g2.edge_vec.clone().requires_grad_(True)
-    ref = model(g2.species, g2.edge_index, x)
-    (ref_f,) = torch.autograd.grad(ref.sum(), x)
-    torch.testing.assert_close(ae, ref.detach(), rtol=0, atol=1e-10)
-    torch.testing.assert_close(fij[:ne], ref_f, rtol=0, atol=1e-10)
-
-
 def test_bad_input_errors():
     q, k, v, vec, ei, c, cu, filt = _inputs(5, 20, 8)
     op = torch.ops.polyget.et_messages
@@ -155,3 +104,21 @@ def test_fused_choice():
     assert _fused_choice(tanh, 8, "cpu", None) is False
     so3 = tiny_model(architecture="so3krates")
     assert "no ET layers" in fused_unsupported(so3)
+
+
+def test_et_messages_float32_close_to_float64():
+    """float32 (what packages run in LAMMPS): the operators' values and gradients within
+    float32 rounding of the float64 ones."""
+    f, heads = 32, 4
+    q, k, v, vec, ei, c, cu, filt = _inputs(40, 900, f)
+    args64 = (q, k, v, vec, ei[0], ei[1], c, cu, filt)
+    args32 = tuple(t.float() if t.is_floating_point() else t for t in args64)
+    out64 = torch.ops.polyget.et_messages(*args64, heads, False)
+    out32 = torch.ops.polyget.et_messages(*args32, heads, False)
+    ga = torch.randn_like(out64[0])
+    gb = torch.randn_like(out64[1])
+    g64 = torch.ops.polyget.et_messages_backward(ga, gb, *args64, heads, False)
+    g32 = torch.ops.polyget.et_messages_backward(ga.float(), gb.float(), *args32, heads, False)
+    for a, b in list(zip(out64, out32)) + list(zip(g64, g32)):
+        scale = max(1.0, float(a.abs().max()))
+        assert float((a - b.double()).abs().max()) < 2e-5 * scale

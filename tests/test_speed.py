@@ -148,13 +148,25 @@ def test_index_add_as_scatter_is_index_add(inplace):
     assert torch.equal(y, want if inplace else x)
 
 
+def _need_ops(fused):
+    from polyget import ops
+
+    if fused and not ops.load():
+        pytest.skip("libpolyget_ops.so not built (make setup)")
+
+
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("chunks", [1, 3, 8])
-def test_lean_energy_forces_equal_eager(chunks):
+def test_lean_energy_forces_equal_eager(chunks, fused):
     """The package function with the edges of every layer in parts and the backward pass
-    written out (compile.LeanEnergyForces, the default package of ET models) gives the eager
-    model's energies and edge gradients to 1e-10 (float64), for edge counts padded to a multiple
-    of the parts (compile.pad_edges): the padding's gradient rows are exactly zero."""
+    written out (compile.LeanEnergyForces, the default package of ET models), with the messages
+    in Inductor-traceable torch ops or in polyget's fused operators (ops.py, what CPU packages
+    compile), gives the eager model's energies and edge gradients to 1e-10 (float64), for edge
+    counts padded to a multiple of the parts (compile.pad_edges): the padding's gradient rows
+    are exactly zero."""
     from polyget.compile import LeanEnergyForces, pad_edges
+
+    _need_ops(fused)
 
     model = tiny_model(num_layers=3)
     for p in model.parameters():
@@ -164,7 +176,7 @@ def test_lean_energy_forces_equal_eager(chunks):
     ei, ev = pad_edges(g.edge_index, g.edge_vec, chunks, 2 * model.cutoff)
     assert ev.shape[0] % chunks == 0 and ev.shape[0] - ne < chunks
     w = torch.linspace(0.5, 1.5, len(g.species), dtype=torch.float64)
-    ae, fij = LeanEnergyForces(model, chunks)(g.species, ei, ev.clone(), w)
+    ae, fij = LeanEnergyForces(model, chunks, fused=fused)(g.species, ei, ev.clone(), w)
     x = g.edge_vec.clone().requires_grad_(True)
     ref = model(g.species, g.edge_index, x)
     (ref_f,) = torch.autograd.grad((ref * w).sum(), x)
@@ -173,13 +185,17 @@ def test_lean_energy_forces_equal_eager(chunks):
     assert torch.count_nonzero(fij[ne:]) == 0
 
 
-def test_lean_package_graph_traces_and_equals_eager():
+@pytest.mark.parametrize("fused", [False, True])
+def test_lean_package_graph_traces_and_equals_eager(fused):
     """make_fx unfolds LeanEnergyForces into plain aten ops with the scatters as
-    scatter_reduce (as the whole-graph package), and the traced graph runs other edge counts
-    (multiples of the parts) with the eager numbers."""
+    scatter_reduce (as the whole-graph package), or keeps polyget's fused operators as single
+    nodes (two per part and layer), and the traced graph runs other edge counts (multiples of
+    the parts) with the eager numbers."""
     from collections import Counter
 
     from polyget.compile import LeanEnergyForces, _trace, pad_edges
+
+    _need_ops(fused)
 
     model = tiny_model(num_layers=2)
     for p in model.parameters():
@@ -187,9 +203,12 @@ def test_lean_package_graph_traces_and_equals_eager():
     g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)
     ei, ev = pad_edges(g.edge_index, g.edge_vec, 4, 2 * model.cutoff)
     w = torch.ones(len(g.species), dtype=torch.float64)
-    gm = _trace(LeanEnergyForces(model, 4), (g.species, ei, ev, w))
+    gm = _trace(LeanEnergyForces(model, 4, fused=fused), (g.species, ei, ev, w))
     ops = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
     assert not [o for o in ops if "index_add" in o or "index_put" in o], ops
+    if fused:
+        assert ops["polyget.et_messages.default"] == 2 * 4
+        assert ops["polyget.et_messages_backward.default"] == 2 * 4
     g2 = atoms_to_graph(polymer_like(seed=3), model.elements, model.cutoff)
     ne = g2.edge_vec.shape[0]
     ei2, ev2 = pad_edges(g2.edge_index, g2.edge_vec, 4, 2 * model.cutoff)

@@ -79,6 +79,27 @@ T* scratch(int64_t numel) {
   return buf.data();
 }
 
+// the inputs both operators read (contiguous tensors; vec undefined when vec_is_zero)
+template <typename T>
+polyget::et::Args<T> make_args(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& vec, const Tensor& i, const Tensor& j,
+                               const Tensor& c, const Tensor& cu, const Tensor& filt,
+                               int64_t heads, bool vec_is_zero) {
+  polyget::et::Args<T> a;
+  a.F = q.size(1);
+  a.H = heads;
+  a.q = q.data_ptr<T>();
+  a.k = k.data_ptr<T>();
+  a.v = v.data_ptr<T>();
+  a.vec = vec_is_zero ? nullptr : vec.data_ptr<T>();
+  a.i = i.data_ptr<int64_t>();
+  a.j = j.data_ptr<int64_t>();
+  a.c = c.data_ptr<T>();
+  a.cu = cu.data_ptr<T>();
+  a.filt = filt.data_ptr<T>();
+  return a;
+}
+
 // threads for e edges: at::get_num_threads(), fewer for small edge counts
 int64_t threads_for(int64_t e) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), e / 64));
@@ -98,18 +119,7 @@ std::tuple<Tensor, Tensor> et_messages_cpu(const Tensor& q_, const Tensor& k_, c
   Tensor va = at::empty({n, 3, f}, q.options());
   const int64_t nt = threads_for(e);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "et_messages", [&] {
-    polyget::et::Args<scalar_t> a;
-    a.F = f;
-    a.H = heads;
-    a.q = q.data_ptr<scalar_t>();
-    a.k = k.data_ptr<scalar_t>();
-    a.v = v.data_ptr<scalar_t>();
-    a.vec = vec_is_zero ? nullptr : vec.data_ptr<scalar_t>();
-    a.i = i.data_ptr<int64_t>();
-    a.j = j.data_ptr<int64_t>();
-    a.c = c.data_ptr<scalar_t>();
-    a.cu = cu.data_ptr<scalar_t>();
-    a.filt = filt.data_ptr<scalar_t>();
+    auto a = make_args<scalar_t>(q, k, v, vec, i, j, c, cu, filt, heads, vec_is_zero);
     scalar_t* xo = xa.data_ptr<scalar_t>();
     scalar_t* vo = va.data_ptr<scalar_t>();
     if (nt == 1) {
@@ -172,18 +182,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> et_messages_b
   Tensor gcu = at::empty({e, 3}, q.options());
   Tensor gfilt = at::empty({e, 4 * f}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "et_messages_backward", [&] {
-    polyget::et::Args<scalar_t> a;
-    a.F = f;
-    a.H = heads;
-    a.q = q.data_ptr<scalar_t>();
-    a.k = k.data_ptr<scalar_t>();
-    a.v = v.data_ptr<scalar_t>();
-    a.vec = vec_is_zero ? nullptr : vec.data_ptr<scalar_t>();
-    a.i = i.data_ptr<int64_t>();
-    a.j = j.data_ptr<int64_t>();
-    a.c = c.data_ptr<scalar_t>();
-    a.cu = cu.data_ptr<scalar_t>();
-    a.filt = filt.data_ptr<scalar_t>();
+    auto a = make_args<scalar_t>(q, k, v, vec, i, j, c, cu, filt, heads, vec_is_zero);
     a.gxa = gxa.data_ptr<scalar_t>();
     a.gva = gva.data_ptr<scalar_t>();
     a.gc = gc.data_ptr<scalar_t>();

@@ -287,9 +287,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "with a warning where CUDA is absent; POLYGET_DEVICE overrides at run time)")
     p.add_argument("--aoti", action=argparse.BooleanOptionalAction, default=False,
                    help="also compile NAME.aoti.pt2 (AOTInductor; minutes to tens of minutes on a "
-                        "small CPU; with the paper-size package pair_style polyget took 0.66x (1 "
-                        "thread) and 0.59x (2 threads) of TorchMD-Net's time in one interleaved "
-                        "run; polyget-cho MD steps took 0.7x of TorchScript's, bench/README.md; "
+                        "small CPU; with the paper-size package pair_style polyget took 0.41-0.42x "
+                        "of TorchMD-Net's time (2 threads) in interleaved runs; polyget-cho MD "
+                        "steps took 0.7x of TorchScript's, bench/README.md; "
                         "a package that fails the export's force check is refused and "
                         "TorchScript is used); default --no-aoti")
     p.add_argument("--aoti-threads", default=None, metavar="N[,M...]",
@@ -297,11 +297,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "C++ core runs the one matching its thread count, else TorchScript). "
                         "Default: this process's torch thread count (OMP_NUM_THREADS)")
     p.add_argument("--aoti-chunks", type=int, default=None, metavar="K",
-                   help="ET packages: take every layer's edges in K parts, each run again in the "
-                        "backward pass (peak memory ~1/6 of the whole-graph package's on a "
-                        "3,456-atom melt; faster for the paper-size model, up to 1.16x slower "
-                        "for small ones on one thread; compiles ~7x longer). Default "
-                        "8; 1 compiles the whole graph at once; other backbones always 1")
+                   help="ET packages: take every layer's edges in K parts (peak memory a "
+                        "fraction of the whole-graph package's: 0.24 against 1.47 MB per atom "
+                        "in LAMMPS melts; faster for the paper-size model, 4 parts 4-12%% faster "
+                        "than 8 on 360-3,456 atoms). Default 8; 1 compiles the whole graph at "
+                        "once; other backbones always 1")
     p.add_argument("--fused-ops", action=argparse.BooleanOptionalAction, default=None,
                    help="CPU packages of ET models with edges in parts: run the messages and "
                         "their gradients with polyget's fused operators (libpolyget_ops.so, "
