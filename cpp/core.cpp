@@ -388,8 +388,12 @@ void Model::select_aoti() {
           pick->path, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
           device_.is_cuda() ? device_.index() : static_cast<c10::DeviceIndex>(-1));
     } catch (const std::exception &e) {
-      aoti_status_ = "TorchScript (" + pick->path + " not used: cannot load: " +
-                     first_line(e.what()) + ")";
+      std::string why = first_line(e.what());
+      if (why.find("polyget::") != std::string::npos)  // an operator of cpp/ops not registered
+        why += " (the package calls polyget's fused operators, libpolyget_ops.so: rebuild the "
+               "plugin and polyget._core together with `make setup-native`, or re-export with "
+               "--no-fused-ops)";
+      aoti_status_ = "TorchScript (" + pick->path + " not used: cannot load: " + why + ")";
       std::fprintf(stderr, "polyget: %s: %s\n", path_.c_str(), aoti_status_.c_str());
       aoti_pkgs_.erase(aoti_pkgs_.begin() + (pick - aoti_pkgs_.data()));  // never tried again
       return;
