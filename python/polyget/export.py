@@ -298,10 +298,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "Default: this process's torch thread count (OMP_NUM_THREADS)")
     p.add_argument("--aoti-chunks", type=int, default=None, metavar="K",
                    help="ET packages: take every layer's edges in K parts (peak memory a "
-                        "fraction of the whole-graph package's: 0.24 against 1.47 MB per atom "
-                        "in LAMMPS melts; faster for the paper-size model, 4 parts 4-12%% faster "
-                        "than 8 on 360-3,456 atoms). Default 8; 1 compiles the whole graph at "
-                        "once; other backbones always 1")
+                        "fraction of the whole-graph package's ~1.47 MB per atom: 0.24 MB per "
+                        "atom in LAMMPS at 36,000 atoms; faster for the paper-size model, 4 "
+                        "parts 4-12%% faster than 8 on 360-3,456 atoms). Default 8; 1 compiles "
+                        "the whole graph at once; other backbones always 1")
     p.add_argument("--fused-ops", action=argparse.BooleanOptionalAction, default=None,
                    help="CPU packages of ET models with edges in parts: run the messages and "
                         "their gradients with polyget's fused operators (libpolyget_ops.so, "
