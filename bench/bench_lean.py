@@ -6,8 +6,10 @@ of the paper-size model, float32.
         [--rounds 7] [--checkpoint CKPT] [--out bench/results]
 
 ``--chunks``: package forms, K = edges in K parts (1: the whole graph), Kf = K parts with the
-fused operators. ``--checkpoint``: another model than the random paper-size one (e.g.
-potentials/polyget-cho.ckpt); its packages are build/bench/lean/<stem>-cK-tT.pt2.
+fused operators, Km = K parts, fused, edges mirrored (an edge and its reverse share their
+filters; the default form of export). ``--checkpoint``: another model than the random
+paper-size one (e.g. potentials/polyget-cho.ckpt); its packages are
+build/bench/lean/<stem>-cK-tT.pt2.
 
 Packages are compiled once into build/bench/lean/ from build/bench/paper.ckpt (the weights
 run_bench.py uses; made if missing), one per chunk count, for the given CPU thread count, and
@@ -61,7 +63,7 @@ def graph(n):
 
 
 def package(form, threads, checkpoint=None):
-    """build/bench/lean/paper-cK[f]-tT.pt2, compiled if missing (minutes; K > 1 unfused: ~7x
+    """build/bench/lean/paper-cK[f|m]-tT.pt2, compiled if missing (minutes; K > 1 unfused: ~7x
     longer)."""
     import torch
 
@@ -69,7 +71,8 @@ def package(form, threads, checkpoint=None):
     from polyget.io import atomic_save, load_checkpoint, make_checkpoint, model_from_checkpoint
     from polyget.nn import ModelConfig, PolyGET
 
-    chunks, fused = int(form.rstrip("f")), form.endswith("f")
+    # K: parts without the operators; Kf: fused operators, plain edges; Km: fused, mirrored
+    chunks, fused, mirrored = int(form.rstrip("fm")), form[-1] in "fm", form.endswith("m")
     stem = Path(checkpoint).stem if checkpoint else "paper"
     out = BUILD / "lean" / f"{stem}-c{form}-t{threads}.pt2"
     if out.exists():
@@ -81,7 +84,8 @@ def package(form, threads, checkpoint=None):
         atomic_save(make_checkpoint(PolyGET(ModelConfig(**PAPER))), ckpt)
     model = model_from_checkpoint(load_checkpoint(ckpt), "float32").eval()
     t0 = time.time()
-    export_aoti(model, out, torch.float32, threads=threads, chunks=chunks, fused=fused)
+    export_aoti(model, out, torch.float32, threads=threads, chunks=chunks, fused=fused,
+                mirrored=mirrored)
     log(f"bench_lean: compiled {out.name} in {time.time() - t0:.0f} s")
     return out
 
@@ -139,7 +143,7 @@ def main():
         return
     import torch
 
-    from polyget.compile import load_aoti
+    from polyget.compile import _forces_virial, load_aoti
     from polyget.contract import keep_freed_memory
 
     # as the engines do (mliap unified, polyget._core, the plugin): freed memory stays in the heap
@@ -164,12 +168,14 @@ def main():
         g = graph(n)
         times = {c: [] for c in chunks}
         ref = None
-        for c in chunks:  # warm-up call, and the two packages must agree
+        for c in chunks:  # warm-up call, and the packages must agree (forces: a mirrored
+            # package puts a pair's filter gradient on one of its edges)
             ae, fij = runs[c](g[0], g[1], g[2].clone(), g[3])
+            f = _forces_virial(g[1], g[2], fij, len(g[0]))[0]
             if ref is None:
-                ref = fij
+                ref = f
             else:
-                err = float((fij - ref).abs().max())
+                err = float((f - ref).abs().max())
                 assert err < 1e-3 * max(1.0, float(ref.abs().max())), (c, err)
         for _ in range(args.rounds):
             for c in chunks:

@@ -284,8 +284,16 @@ void Model::load_aoti() {
       continue;
     }
     auto get = [&](const char *k) { auto it = pm.find(k); return it == pm.end() ? std::string() : it->second; };
-    if (get("polyget.format") != "polyget-aoti" || get("polyget.format_version") != "1") {
-      skip("not a polyget AOTInductor package of format 1");
+    // format 2: the edges in the mirrored layout (polyget.edge_layout; format-1 runners, which
+    // would feed them plain edge lists, refuse it)
+    const std::string fmt = get("polyget.format_version");
+    if (get("polyget.format") != "polyget-aoti" || (fmt != "1" && fmt != "2")) {
+      skip("not a polyget AOTInductor package of format 1 or 2");
+      continue;
+    }
+    const bool mirrored = get("polyget.edge_layout") == "mirrored";
+    if (mirrored != (fmt == "2")) {
+      skip("edge layout '" + get("polyget.edge_layout") + "' in a package of format " + fmt);
       continue;
     }
     if (meta_.fingerprint.empty() || get("polyget.fingerprint") != meta_.fingerprint) {
@@ -336,12 +344,24 @@ void Model::load_aoti() {
     }
     // packages of ET models call polyget::et_messages[_backward] (cpp/ops, linked here)
     const std::string fused = get("polyget.fused_ops");
-    if (!fused.empty() && fused != "0" && fused != std::to_string(polyget_ops_abi_version())) {
-      skip("compiled against polyget operators version " + fused + ", this build has " +
-           std::to_string(polyget_ops_abi_version()) + "; re-export the model");
+    if (!fused.empty() && fused != "0") {
+      int version = -1;
+      try {
+        version = std::stoi(fused);
+      } catch (const std::exception &) {
+      }
+      if (version < polyget_ops_abi_oldest() || version > polyget_ops_abi_version()) {
+        skip("compiled against polyget operators version " + fused + ", this build runs " +
+             std::to_string(polyget_ops_abi_oldest()) + ".." +
+             std::to_string(polyget_ops_abi_version()) + "; re-export the model");
+        continue;
+      }
+    }
+    if (mirrored && (multiple < 2 || multiple % 2)) {
+      skip("mirrored edges need an even polyget.edge_multiple; re-export the model");
       continue;
     }
-    aoti_pkgs_.push_back(AotiPackage{pkg, threads, nullptr, multiple, pad_length});
+    aoti_pkgs_.push_back(AotiPackage{pkg, threads, nullptr, multiple, pad_length, mirrored});
   }
   if (aoti_pkgs_.empty()) {
     std::string why;
@@ -402,6 +422,7 @@ void Model::select_aoti() {
   aoti_ = pick->loader;
   aoti_edge_multiple_ = pick->edge_multiple;
   aoti_pad_length_ = pick->pad_length;
+  aoti_mirrored_ = pick->mirrored;
   aoti_status_ = "AOTInductor " + pick->path +
                  (pick->threads > 0 ? " (" + std::to_string(pick->threads) + " thread(s))" : "");
 }
@@ -431,13 +452,100 @@ void Model::warm_up() {
   ncalls_ = saved_calls;
 }
 
+// The edges in the mirrored layout of a package with polyget.edge_layout mirrored (the same
+// rules as python/polyget/compile.py mirror_edges): two halves of R rows, R a multiple of
+// edge_multiple / 2; edge R + r is the reverse of edge r, or a padding edge (atom 0 to itself
+// at pad_length, zero messages). Edges (i, j, v) and (j, i, -v) pair when that atom pair occurs
+// once in each direction; every other edge (to a ghost atom, periodic self-images, several
+// images of a pair) keeps a row of its own facing a padding edge, which is always correct.
+// Fills mir_index_ ([2, 2R]), mir_vec_ ([2R, 3]) and mir_slot_ (new position of each input
+// edge); returns 2R. Cost: one pass over each atom's edges per edge (the LAMMPS full list).
+int64_t Model::mirror_edges(int64_t natoms, int64_t nedges, const int64_t *edge_i,
+                            const int64_t *edge_j, const double *edge_vec) {
+  mir_start_.assign(natoms + 1, 0);
+  for (int64_t k = 0; k < nedges; ++k) ++mir_start_[edge_i[k] + 1];
+  for (int64_t a = 0; a < natoms; ++a) mir_start_[a + 1] += mir_start_[a];
+  mir_by_i_.resize(nedges);
+  {
+    std::vector<int64_t> &cur = mir_slot_;  // scratch here, written below
+    cur.assign(mir_start_.begin(), mir_start_.end() - 1);
+    for (int64_t k = 0; k < nedges; ++k) mir_by_i_[cur[edge_i[k]]++] = k;
+  }
+  mir_partner_.assign(nedges, -1);
+  int64_t npairs = 0;
+  for (int64_t k = 0; k < nedges; ++k) {
+    const int64_t i = edge_i[k], j = edge_j[k];
+    if (i >= j) continue;
+    int64_t same = 0, rev = -1, nrev = 0;
+    for (int64_t m = mir_start_[i]; m < mir_start_[i + 1]; ++m) same += edge_j[mir_by_i_[m]] == j;
+    for (int64_t m = mir_start_[j]; m < mir_start_[j + 1]; ++m)
+      if (edge_j[mir_by_i_[m]] == i) { rev = mir_by_i_[m]; ++nrev; }
+    if (same != 1 || nrev != 1) continue;
+    const double *v = edge_vec + 3 * k, *w = edge_vec + 3 * rev;
+    const double big = std::max({std::abs(v[0]), std::abs(v[1]), std::abs(v[2])});
+    const double off = std::max({std::abs(v[0] + w[0]), std::abs(v[1] + w[1]), std::abs(v[2] + w[2])});
+    if (!(off <= 1e-9 * big)) continue;
+    mir_partner_[k] = rev;
+    mir_partner_[rev] = k;
+    ++npairs;
+  }
+  const int64_t half_mult = std::max<int64_t>(1, aoti_edge_multiple_ / 2);
+  const int64_t used = nedges - npairs;  // rows: one per pair, one per unpaired edge
+  const int64_t rows = std::max(half_mult, ((used + half_mult - 1) / half_mult) * half_mult);
+  mir_slot_.assign(nedges, -1);
+  int64_t lead = 0;
+  for (int64_t k = 0; k < nedges; ++k)
+    if (mir_partner_[k] >= 0 && edge_i[k] < edge_j[k]) {
+      mir_slot_[k] = lead;
+      mir_slot_[mir_partner_[k]] = rows + lead;
+      ++lead;
+    }
+  int64_t next = lead;
+  for (int64_t k = 0; k < nedges; ++k)
+    if (mir_partner_[k] < 0) mir_slot_[k] = next++;
+  const int64_t total = 2 * rows;
+  mir_index_.assign(2 * total, 0);
+  mir_vec_.assign(3 * total, 0.0);
+  for (int64_t r = 0; r < total; ++r) mir_vec_[3 * r] = aoti_pad_length_;
+  for (int64_t k = 0; k < nedges; ++k) {
+    const int64_t s = mir_slot_[k];
+    mir_index_[s] = edge_i[k];
+    mir_index_[total + s] = edge_j[k];
+    for (int d = 0; d < 3; ++d) mir_vec_[3 * s + d] = edge_vec[3 * k + d];
+  }
+  return total;
+}
+
 bool Model::run_aoti(int64_t natoms, int64_t nedges, int64_t nlocal, const torch::Tensor &sp,
-                     const torch::Tensor &ei, const torch::Tensor &ev) {
+                     const torch::Tensor &ei, const torch::Tensor &ev, const int64_t *edge_i,
+                     const int64_t *edge_j, const double *edge_vec) {
   auto *loader = static_cast<torch::inductor::AOTIModelPackageLoader *>(aoti_.get());
   torch::Tensor w = weight_buf_.narrow(0, 0, natoms);
   w.narrow(0, 0, nlocal).fill_(1.0);
   if (natoms > nlocal) w.narrow(0, nlocal, natoms - nlocal).zero_();
   std::vector<at::Tensor> out;
+  auto cpu_double = torch::TensorOptions().dtype(torch::kFloat64);
+  if (aoti_mirrored_) {
+    const int64_t total = mirror_edges(natoms, nedges, edge_i, edge_j, edge_vec);
+    auto cpu_long = torch::TensorOptions().dtype(torch::kInt64);
+    torch::Tensor mei = torch::from_blob(mir_index_.data(), {2, total}, cpu_long).to(device_);
+    torch::Tensor mev = torch::from_blob(mir_vec_.data(), {total, 3}, cpu_double).to(device_, dtype_);
+    {
+      torch::NoGradGuard no_grad;
+      out = loader->run({sp, mei, mev, w});
+    }
+    if (out.size() != 2 || out[0].dim() != 1 || out[0].size(0) != natoms || out[1].dim() != 2 ||
+        out[1].size(0) != total)
+      throw ModelError(path_ + ": the AOTInductor package returned unexpected outputs; "
+                       "re-export the model, or set POLYGET_AOTI=0 to run the TorchScript file");
+    torch::from_blob(atom_energy_.data(), {natoms}, cpu_double).copy_(out[0]);
+    mir_fij_.resize(3 * total);
+    torch::from_blob(mir_fij_.data(), {total, 3}, cpu_double).copy_(out[1]);
+    for (int64_t k = 0; k < nedges; ++k)
+      for (int d = 0; d < 3; ++d) fij_[3 * k + d] = mir_fij_[3 * mir_slot_[k] + d];
+    for (int64_t a = 0; a < nlocal; ++a) energy_ += atom_energy_[a];
+    return true;
+  }
   // pad the edges to the package's multiple: atom 0 to itself at pad_length (> cutoff), where
   // every message is exactly zero; their rows of fij are dropped below
   const int64_t m = aoti_edge_multiple_;
@@ -460,7 +568,6 @@ bool Model::run_aoti(int64_t natoms, int64_t nedges, int64_t nlocal, const torch
       out[1].size(0) != nedges)
     throw ModelError(path_ + ": the AOTInductor package returned unexpected outputs; re-export the "
                      "model, or set POLYGET_AOTI=0 to run the TorchScript file");
-  auto cpu_double = torch::TensorOptions().dtype(torch::kFloat64);
   torch::from_blob(atom_energy_.data(), {natoms}, cpu_double).copy_(out[0]);
   torch::from_blob(fij_.data(), {nedges, 3}, cpu_double).copy_(out[1]);
   for (int64_t a = 0; a < nlocal; ++a) energy_ += atom_energy_[a];
@@ -533,7 +640,7 @@ void Model::compute(int64_t natoms, const int64_t *species, int64_t nedges, cons
   select_aoti();
   if (aoti_ && natoms >= 2 && nedges >= 2) {
     // the package always computes fij (one fused forward + backward)
-    run_aoti(natoms, nedges, nlocal, sp, ei, ev);
+    run_aoti(natoms, nedges, nlocal, sp, ei, ev, edge_i, edge_j, edge_vec);
     if (debug_)
       std::fprintf(stderr, "polyget: call %lld (AOTInductor) natoms=%lld nlocal=%lld nedges=%lld "
                    "energy=%.12g\n", static_cast<long long>(ncalls_), static_cast<long long>(natoms),

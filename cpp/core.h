@@ -141,11 +141,18 @@ class Model {
     std::shared_ptr<void> loader;   // torch::inductor::AOTIModelPackageLoader, loaded on first use
     int64_t edge_multiple = 1;      // edge counts it takes (polyget.edge_multiple; padded here)
     double pad_length = 0.0;        // length of the padding edges (polyget.pad_length, > cutoff)
+    bool mirrored = false;          // polyget.edge_layout mirrored: edges paired (mirror_edges)
   };
   std::vector<AotiPackage> aoti_pkgs_;  // packages that match this file (all thread counts)
   std::shared_ptr<void> aoti_;  // the loader for the current thread count, or null
   int64_t aoti_edge_multiple_ = 1;  // of the package in aoti_
   double aoti_pad_length_ = 0.0;
+  bool aoti_mirrored_ = false;
+  // the mirrored layout of the current call's edges (host; mirror_edges below)
+  std::vector<int64_t> mir_index_, mir_slot_, mir_partner_, mir_start_, mir_by_i_;
+  std::vector<double> mir_vec_, mir_fij_;
+  int64_t mirror_edges(int64_t natoms, int64_t nedges, const int64_t *edge_i,
+                       const int64_t *edge_j, const double *edge_vec);
   int aoti_for_threads_ = -1;   // at::get_num_threads() that aoti_ was selected for
   std::string aoti_base_status_;  // why no package at all (empty when some matched)
   std::string aoti_status_;
@@ -154,7 +161,8 @@ class Model {
   void load_aoti();
   void warm_up();
   bool run_aoti(int64_t natoms, int64_t nedges, int64_t nlocal, const torch::Tensor &sp,
-                const torch::Tensor &ei, const torch::Tensor &ev);
+                const torch::Tensor &ei, const torch::Tensor &ev, const int64_t *edge_i,
+                const int64_t *edge_j, const double *edge_vec);
   bool halo_methods_ = false;
   bool recompute_ = false;
   int64_t n_forward_ = 0;

@@ -122,3 +122,31 @@ def test_et_messages_float32_close_to_float64():
     for a, b in list(zip(out64, out32)) + list(zip(g64, g32)):
         scale = max(1.0, float(a.abs().max()))
         assert float((a - b.double()).abs().max()) < 2e-5 * scale
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_et_messages_mirrored_filter_rows(threads):
+    """Mirrored edges (filt of E/2 rows, edge E/2 + r reading row r): the same sums and
+    gradients as with the rows written out for every edge; gfilt stays one row per edge."""
+    f, heads, e = 32, 4, 640
+    q, k, v, vec, ei, c, cu, filt = _inputs(31, e, f)
+    half = filt[: e // 2]
+    full = torch.cat([half, half], 0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for vz in (False, True):
+            a = torch.ops.polyget.et_messages(q, k, v, vec, ei[0], ei[1], c, cu, half, heads, vz)
+            b = torch.ops.polyget.et_messages(q, k, v, vec, ei[0], ei[1], c, cu, full, heads, vz)
+            ga, gb = torch.randn_like(a[0]), torch.randn_like(a[1])
+            g1 = torch.ops.polyget.et_messages_backward(ga, gb, q, k, v, vec, ei[0], ei[1], c,
+                                                        cu, half, heads, vz)
+            g2 = torch.ops.polyget.et_messages_backward(ga, gb, q, k, v, vec, ei[0], ei[1], c,
+                                                        cu, full, heads, vz)
+            for x, y in list(zip(a, b)) + list(zip(g1, g2)):
+                assert torch.equal(x, y)
+            assert g1[6].shape == (e, 4 * f)
+    finally:
+        torch.set_num_threads(old)
+    with pytest.raises(RuntimeError, match="mirrored"):
+        torch.ops.polyget.et_messages(q, k, v, vec, ei[0], ei[1], c, cu, filt[:100], heads, False)

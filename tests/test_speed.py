@@ -185,6 +185,73 @@ def test_lean_energy_forces_equal_eager(chunks, fused):
     assert torch.count_nonzero(fij[ne:]) == 0
 
 
+def _forces_virial(ei, ev, fij, n):
+    f = torch.zeros(n, 3, dtype=fij.dtype).index_add(0, ei[0], fij).index_add(0, ei[1], -fij)
+    return f, ev.T @ fij
+
+
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("chunks", [1, 3, 8])
+def test_lean_mirrored_equals_eager(chunks, holes):
+    """Edges in the mirrored layout (compile.mirror_edges; the default of fused packages): an
+    edge and its reverse share one filter row, computed once. Energies, forces and virial equal
+    the eager model's to 1e-10 (float64), also with edges whose reverse is missing (like edges
+    to ghost atoms: ``holes``); the padding rows' gradients are zero. The per-edge gradients
+    differ (a pair's filter gradient lands on its first edge), their sums over atoms do not."""
+    from polyget.compile import LeanEnergyForces, mirror_edges
+
+    _need_ops(True)
+    model = tiny_model(num_layers=3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = atoms_to_graph(polymer_like(), model.elements, model.cutoff)
+    ei, ev = g.edge_index, g.edge_vec
+    if holes:
+        keep = torch.arange(ev.shape[0]) % 7 != 3
+        ei, ev = ei[:, keep], ev[keep]
+    n = len(g.species)
+    mei, mev, slot = mirror_edges(ei, ev, 2 * chunks, 2 * model.cutoff)
+    rows = mev.shape[0] // 2
+    assert rows % chunks == 0 and torch.equal(mev[slot], ev) and torch.equal(mei[:, slot], ei)
+    lead = slot[slot < rows]
+    second = slot[slot >= rows] - rows
+    assert set(second.tolist()) <= set(lead.tolist())  # every second-half edge has its first
+    assert torch.equal(mev[rows + second], -mev[second])
+    if not holes:
+        assert len(second) == ev.shape[0] // 2  # a molecule's full list: all edges paired
+    w = torch.linspace(0.5, 1.5, n, dtype=torch.float64)
+    ae, fm = LeanEnergyForces(model, chunks, fused=True, mirrored=True)(g.species, mei,
+                                                                        mev.clone(), w)
+    pad = torch.ones(mev.shape[0], dtype=torch.bool)
+    pad[slot] = False
+    assert torch.count_nonzero(fm[pad]) == 0
+    x = ev.clone().requires_grad_(True)
+    ref = model(g.species, ei, x)
+    (ref_f,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(ae, ref, rtol=0, atol=1e-10)
+    for got, want in zip(_forces_virial(ei, ev, fm[slot], n), _forces_virial(ei, ev, ref_f, n)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_mirror_edges_pairs_only_reverses():
+    """mirror_edges joins (i, j, v) with (j, i, -v) only: several periodic images of one atom
+    pair, self-images and edges whose reverse has another vector stay unpaired (own rows)."""
+    from polyget.compile import mirror_edges
+
+    ei = torch.tensor([[0, 1, 0, 0, 2, 2, 3, 4],
+                       [1, 0, 2, 2, 0, 0, 4, 3]])
+    ev = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0],                # a pair
+                       [0, 1.0, 0], [0, -2.0, 0], [0, -1.0, 0], [0, 2.0, 0],  # two images
+                       [0, 0, 1.0], [0, 0, -1.1]], dtype=torch.float64)  # not opposite
+    mei, mev, slot = mirror_edges(ei, ev, 2, 10.0)
+    rows = mev.shape[0] // 2
+    assert rows == 7  # 1 pair + 6 unpaired edges
+    assert slot[0] == 0 and slot[1] == rows
+    assert bool((slot[2:] < rows).all())
+    assert torch.equal(mev[slot], ev)
+    assert float(mev[rows + 1:, 0].min()) == 10.0  # padding edges face the unpaired rows
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_lean_package_graph_traces_and_equals_eager(fused):
     """make_fx unfolds LeanEnergyForces into plain aten ops with the scatters as

@@ -8,13 +8,14 @@
 //   vec_agg[i] += (v_j^2 dv_e^2) cu_e + vec_j (v_j^1 dv_e^1 c_e)       (vec_j = 0 in layer 0)
 // and the backward pass written out by hand (tests/test_ops.py checks both against autograd in
 // float64). Layout: channel c = h * D + d (D = F / H); v [N, 3F] = [v^x | v^1 | v^2] and filt
-// [E, 4F] = [dk | dv^x | dv^1 | dv^2], F channels each (component-major: the model's v_proj and
+// [E, 4F] = [dk | dv^x | dv^1 | dv^2], F channels each (or [E/2, 4F] for mirrored edges, Args::half) (component-major: the model's v_proj and
 // dv_proj rows are per head [x | v1 | v2]; compile.LeanEnergyForces reorders them), so that
 // every loop runs over all F channels at once.
 //
 // This header is compiled once per instruction set (et_kernels_generic.cpp, et_kernels_avx2.cpp)
 // inside the namespace POLYGET_ET_ISA; et_messages.cpp picks one at run time. Loops over channels
-// carry no scalar reductions (partial sums go to small per-channel arrays), so they vectorise.
+// carry no scalar reductions (partial sums go to small per-channel arrays), so they vectorise;
+// the sums over channels are OpenMP simd reductions (partial sums per vector lane).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -30,6 +31,10 @@ struct Args {
   const T *q = nullptr, *k = nullptr, *v = nullptr, *vec = nullptr;  // vec null: layer 0
   const int64_t *i = nullptr, *j = nullptr;
   const T *c = nullptr, *cu = nullptr, *filt = nullptr;
+  // mirrored edges (half > 0): edges half..2*half-1 are the reverses of edges 0..half-1 (or
+  // carry c = 0) and share their filter rows, filt being [half, 4F]: edge e reads row
+  // e - half for e >= half. gfilt stays one row per edge (the caller sums the two halves).
+  int64_t half = 0;
   const T *gxa = nullptr, *gva = nullptr;    // backward: gradients of x_agg, vec_agg
   T *gc = nullptr, *gcu = nullptr, *gfilt = nullptr;  // backward: per-edge outputs
 };

@@ -6,7 +6,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "et_kernels.h"
@@ -15,9 +17,16 @@ using at::Tensor;
 
 namespace {
 
-bool cpu_has_avx2() {
+// which build of the kernels runs: AVX2 + FMA where the CPU has them, unless
+// POLYGET_OPS_ISA=generic (tests, comparisons). An AVX-512 build was measured no faster
+// (bench/README.md, "Fused message operators"): the kernels wait on memory, not arithmetic.
+bool use_avx2() {
 #if defined(__x86_64__) && defined(POLYGET_OPS_HAVE_AVX2) && (defined(__GNUC__) || defined(__clang__))
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = [] {
+    const char* env = std::getenv("POLYGET_OPS_ISA");
+    if (env && std::string(env) == "generic") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return ok;
 #else
   return false;
@@ -26,7 +35,7 @@ bool cpu_has_avx2() {
 
 template <typename T>
 void run_forward(const polyget::et::Args<T>& a, int64_t e0, int64_t e1, T* xa, T* va) {
-  if (cpu_has_avx2())
+  if (use_avx2())
     polyget::et::avx2::forward(a, e0, e1, xa, va);
   else
     polyget::et::generic::forward(a, e0, e1, xa, va);
@@ -34,7 +43,7 @@ void run_forward(const polyget::et::Args<T>& a, int64_t e0, int64_t e1, T* xa, T
 
 template <typename T>
 void run_backward(const polyget::et::Args<T>& a, int64_t e0, int64_t e1, int64_t n, T* node) {
-  if (cpu_has_avx2())
+  if (use_avx2())
     polyget::et::avx2::backward(a, e0, e1, n, node);
   else
     polyget::et::generic::backward(a, e0, e1, n, node);
@@ -64,8 +73,10 @@ void check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor
               j.dim() == 1 && i.size(0) == e && j.size(0) == e, op,
               ": i, j must be int64 [E] like c");
   TORCH_CHECK(cu.dim() == 2 && cu.size(0) == e && cu.size(1) == 3, op, ": cu must be [E, 3]");
-  TORCH_CHECK(filt.dim() == 2 && filt.size(0) == e && filt.size(1) == 4 * f, op,
-              ": filt must be [E, 4F]");
+  TORCH_CHECK(filt.dim() == 2 && (filt.size(0) == e || 2 * filt.size(0) == e) &&
+              filt.size(1) == 4 * f, op,
+              ": filt must be [E, 4F], or [E/2, 4F] for mirrored edges (edge E/2 + r the "
+              "reverse of edge r, sharing its filter row)");
 }
 
 // Private accumulation blocks of the threads other than the first, kept per calling thread and
@@ -97,6 +108,7 @@ polyget::et::Args<T> make_args(const Tensor& q, const Tensor& k, const Tensor& v
   a.c = c.data_ptr<T>();
   a.cu = cu.data_ptr<T>();
   a.filt = filt.data_ptr<T>();
+  a.half = filt.size(0) == c.size(0) ? 0 : filt.size(0);  // mirrored edges (check_inputs)
   return a;
 }
 
@@ -224,7 +236,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> et_messages_b
 }  // namespace
 
 extern "C" int polyget_ops_abi_version() { return POLYGET_OPS_ABI_VERSION; }
-extern "C" const char* polyget_ops_isa() { return cpu_has_avx2() ? "avx2" : "generic"; }
+extern "C" int polyget_ops_abi_oldest() { return POLYGET_OPS_ABI_OLDEST; }
+extern "C" const char* polyget_ops_isa() { return use_avx2() ? "avx2" : "generic"; }
 
 TORCH_LIBRARY(polyget, m) {
   m.def("et_messages(Tensor q, Tensor k, Tensor v, Tensor vec, Tensor i, Tensor j, Tensor c, "

@@ -9,12 +9,17 @@
 // (LAMMPS with the plugin and mliap unified) registers the operators once.
 #pragma once
 
-#define POLYGET_OPS_ABI_VERSION 2
+// 3: filt may also be [E/2, 4F] for mirrored edges (packages of version 2 still run)
+#define POLYGET_OPS_ABI_VERSION 3
+// the oldest operator version whose packages this library runs
+#define POLYGET_OPS_ABI_OLDEST 2
 
 extern "C" {
 // POLYGET_OPS_ABI_VERSION of the loaded library (the C++ core checks it, and the call keeps the
 // library a dependency of whatever links it)
 int polyget_ops_abi_version();
-// "avx2" or "generic": the kernels chosen for this CPU
+// POLYGET_OPS_ABI_OLDEST: packages compiled against versions oldest..abi_version run here
+int polyget_ops_abi_oldest();
+// "avx2" or "generic": the kernels chosen for this CPU (POLYGET_OPS_ISA=generic forces generic)
 const char* polyget_ops_isa();
 }

@@ -17,10 +17,11 @@
   and all carry the weights' ``fingerprint``; ``polyget._core``, ``pair_style polyget`` and
   ``mliap unified`` run the one for their current thread count for whole-graph evaluations,
   else the TorchScript file. ET packages take every layer's edges in parts (``--aoti-chunks``,
-  default 8: less memory, and faster for the paper-size model on this CPU, bench/README.md "Edges
-  in parts"); ``--aoti-chunks 1`` compiles the whole graph at once. CPU packages of parts run
-  the messages with polyget's fused operators (``--fused-ops``, default when libpolyget_ops.so
-  is built; bench/README.md "Fused messages").
+  default 4 with the fused operators, else 8: less memory, and faster for the paper-size model
+  on this CPU, bench/README.md "Edges in parts"); ``--aoti-chunks 1`` compiles the whole graph
+  at once. CPU packages of parts run the messages with polyget's fused operators
+  (``--fused-ops``, default when libpolyget_ops.so is built; bench/README.md "Fused messages"),
+  on mirrored edges (an edge and its reverse share their filters; "Mirrored edges").
 """
 
 from __future__ import annotations
@@ -299,14 +300,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--aoti-chunks", type=int, default=None, metavar="K",
                    help="ET packages: take every layer's edges in K parts (peak memory a "
                         "fraction of the whole-graph package's ~1.47 MB per atom: 0.24 MB per "
-                        "atom in LAMMPS at 36,000 atoms; faster for the paper-size model, 4 "
-                        "parts 4-12%% faster than 8 on 360-3,456 atoms). Default 8; 1 compiles "
-                        "the whole graph at once; other backbones always 1")
+                        "atom in LAMMPS at 36,000 atoms; faster for the paper-size model). "
+                        "Default 4 with the fused operators (mirrored edges: 0.32 MB per atom "
+                        "at 3,456 atoms, 5-10%% faster than 8), else 8; 1 compiles the whole "
+                        "graph at once; other backbones always 1")
     p.add_argument("--fused-ops", action=argparse.BooleanOptionalAction, default=None,
                    help="CPU packages of ET models with edges in parts: run the messages and "
                         "their gradients with polyget's fused operators (libpolyget_ops.so, "
-                        "built by `make setup`; the package then needs it where it runs). "
-                        "Default: on when the operators are available")
+                        "built by `make setup`; the package then needs it where it runs), "
+                        "on mirrored edges (each pair's filters computed once; package format "
+                        "2). Default: on when the operators are available")
     args = p.parse_args(argv)
     if args.aoti_chunks is not None and args.aoti_chunks < 1:
         p.error("--aoti-chunks must be >= 1")

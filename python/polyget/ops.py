@@ -20,7 +20,18 @@ import torch
 LIBRARY = "libpolyget_ops.so"
 # cpp/ops/et_messages.h, POLYGET_OPS_ABI_VERSION: written into the packages that call the
 # operators (metadata polyget.fused_ops) and checked by the C++ core when it loads them
-ABI_VERSION = 2
+ABI_VERSION = 3
+# POLYGET_OPS_ABI_OLDEST: packages of operator versions ABI_OLDEST..ABI_VERSION run here
+# (3 added the mirrored filter rows; version-2 packages call the operators as before)
+ABI_OLDEST = 2
+
+
+def runs_version(version) -> bool:
+    """Whether a package compiled against operator version ``version`` runs with these."""
+    try:
+        return ABI_OLDEST <= int(version) <= ABI_VERSION
+    except (TypeError, ValueError):
+        return False
 
 _fakes_registered = False
 _load_error: Optional[str] = None
@@ -54,7 +65,7 @@ def _register_fakes() -> None:
     def _bwd(gxa, gva, q, k, v, vec, i, j, c, cu, filt, heads, vec_is_zero):
         return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
                 vec.new_empty(vec.shape), c.new_empty(c.shape), cu.new_empty(cu.shape),
-                filt.new_empty(filt.shape))
+                filt.new_empty((c.shape[0], filt.shape[1])))  # one row per edge
 
     _fakes_registered = True
 

@@ -1,0 +1,74 @@
+"""Two exported models through the C++ core (``polyget._core``, what ``pair_style polyget``
+runs), alternated call by call in one process on the same structure: per-call times and their
+ratio per round. For comparing package forms of the same weights (e.g. 8 against 4 mirrored
+parts: export both, or attach_aoti a package from ``bench_lean.py`` to a copy of the
+TorchScript file).
+
+    .venv/bin/python bench/ab_core.py A.jit.pt B.jit.pt [--size 360] [--threads 2] [--rounds 11]
+        [--out bench/results]
+
+Writes bench/results/abcore_<UTC>.json. Time it on a quiet machine.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--size", type=int, default=360)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from bench_lean import graph
+    from polyget.contract import keep_freed_memory
+    from polyget.native import NativeModel
+
+    keep_freed_memory()
+    species, edge_index, edge_vec, _ = graph(args.size)
+    edge_vec = edge_vec.double()
+    models = {"a": NativeModel(args.a), "b": NativeModel(args.b)}
+    for m in models.values():
+        m.compute(species, edge_index, edge_vec)
+        m.compute(species, edge_index, edge_vec)
+    times = {k: [] for k in models}
+    load0 = os.getloadavg()
+    for _ in range(args.rounds):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            m.compute(species, edge_index, edge_vec)
+            times[k].append(time.perf_counter() - t0)
+    ratios = [b / a for a, b in zip(times["a"], times["b"])]
+    res = {"a": args.a, "b": args.b, "status": {k: m.aoti_status for k, m in models.items()},
+           "atoms": int(len(species)), "edges": int(edge_index.shape[1]),
+           "threads": args.threads, "times_s": times, "ratio_b_over_a": ratios,
+           "median_ratio": statistics.median(ratios),
+           "median_s": {k: statistics.median(v) for k, v in times.items()},
+           "load_before": load0, "load_after": os.getloadavg()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / time.strftime("abcore_%Y%m%dT%H%M%SZ.json", time.gmtime())
+    path.write_text(json.dumps(res, indent=1))
+    print("a %.3f s, b %.3f s per call (medians); b / a per round: %s (median %.2f)"
+          % (res["median_s"]["a"], res["median_s"]["b"], " ".join("%.2f" % r for r in ratios),
+             res["median_ratio"]))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
