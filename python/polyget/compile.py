@@ -69,7 +69,10 @@ class LeanEnergyForces(nn.Module):
     are run again, ``chunks`` parts one after another, while its gradients are taken. The
     per-edge activations alive at any time are then those of 1/chunks of one layer's edges
     instead of all layers' (bench/README.md, "Edges in parts"), for a second forward pass over
-    the edges. Edge counts must be a multiple of ``chunks`` (pad_edges).
+    the edges. Edge counts must be a multiple of ``chunks`` (pad_edges), or of 2 * chunks with
+    ``mirrored`` (mirror_edges), where a part is a range of the first half's edges and the same
+    range of the second half (their reverses), and the filters are computed for the first half
+    only: equal forces and virial, but a pair's filter gradient lands on its first edge.
     """
 
     def __init__(self, model: nn.Module, chunks: int = 8, fused: bool = False,
