@@ -809,8 +809,12 @@ void PairPolyGET::init_style()
   // a file without per-layer exchange on one rank: fold periodic images onto their atoms,
   // never fall back to the (receptive_hops x cutoff) ghost shell (10-100x slower); create the
   // atom map for that ourselves, as 'atom_modify map yes' would have
+  // The same on one rank with the compiled (AOTInductor) model, which runs the whole graph in
+  // one call (auto picks fold below): without the map, auto fell back to the TorchScript pieces
+  // of the per-layer exchange, 4x slower on the 15-loop, while the log named the package.
+  const bool whole_graph = comm->nprocs == 1 && model->uses_aoti() && !model->recompute();
   const bool fold_wanted = ghost_mode == GHOSTS_FOLD ||
-      (ghost_mode == GHOSTS_AUTO && !model->supports_halo() && comm->nprocs == 1);
+      (ghost_mode == GHOSTS_AUTO && comm->nprocs == 1 && (!model->supports_halo() || whole_graph));
   if (fold_wanted && !have_map && comm->nprocs == 1) {
     if (!atom->tag_enable)
       error->all(FLERR, "pair_style polyget on one rank folds periodic images onto their atoms "
@@ -821,7 +825,7 @@ void PairPolyGET::init_style()
     have_map = true;
     if (comm->me == 0)
       utils::logmesg(lmp, "pair_style polyget: created an atom map (as 'atom_modify map yes') "
-                          "to fold periodic images on one rank\n");
+                          "to run the whole graph on one rank\n");
   }
   if (ghost_mode == GHOSTS_FOLD && comm->nprocs > 1)
     error->all(FLERR, "pair_style polyget: ghosts fold works on one MPI rank only; use ghosts "
@@ -834,7 +838,7 @@ void PairPolyGET::init_style()
     // the package (fold) is faster than TorchScript pieces with per-layer exchange (an exact
     // 3-layer package: 1.9x in CPU time, bench/README.md)
     // (recompute asks for the pieces: the package holds the whole graph)
-    mode = (comm->nprocs == 1 && have_map && model->uses_aoti() && !model->recompute()) ? GHOSTS_FOLD
+    mode = (whole_graph && have_map) ? GHOSTS_FOLD
         : model->supports_halo() ? GHOSTS_EXCHANGE
         : (comm->nprocs == 1 && have_map) ? GHOSTS_FOLD : GHOSTS_SHELL;
   else
@@ -842,9 +846,16 @@ void PairPolyGET::init_style()
   if (model->recompute() && mode != GHOSTS_EXCHANGE)
     error->all(FLERR, "pair_style polyget: recompute yes works with the per-layer exchange only "
                       "(ghosts auto or exchange, and a model file exported with per-layer exchange)");
-  if (comm->me == 0)
-    utils::logmesg(lmp, "pair_style polyget: model runs as {} (loaded in {:.2f} s)\n",
-                   model->aoti_status(), model->load_seconds());
+  if (comm->me == 0) {
+    // what the steps run: the package does whole-graph calls (fold, shell); the per-layer
+    // exchange runs the TorchScript pieces whatever was loaded
+    const std::string runs = mode == GHOSTS_EXCHANGE
+        ? std::string("TorchScript pieces with per-layer exchange (ghosts exchange") +
+              (model->uses_aoti() ? "; the AOTInductor package is not used by this mode)" : ")")
+        : model->aoti_status();
+    utils::logmesg(lmp, "pair_style polyget: model runs as {} (loaded in {:.2f} s)\n", runs,
+                   model->load_seconds());
+  }
 
   comm_forward = comm_reverse = 0;
   if (mode == GHOSTS_FOLD) {

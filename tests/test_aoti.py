@@ -278,8 +278,11 @@ def test_mliap_unified_runs_the_package(exported, tmp_path, monkeypatch):
     assert np.abs(res["forces"] - ref["forces"]).max() < 1e-9
 
 
-def test_pair_style_polyget_runs_the_package(exported, tmp_path):
-    """pair_style polyget NAME.jit.pt (auto: fold on one rank with the package) == ASE."""
+@pytest.mark.parametrize("atom_map", [True, False])
+def test_pair_style_polyget_runs_the_package(exported, tmp_path, atom_map):
+    """pair_style polyget NAME.jit.pt (auto: fold on one rank with the package) == ASE; without
+    'atom_modify map yes' the pair style makes the map itself (it used to fall back to the
+    TorchScript pieces of the per-layer exchange, 4x slower, while the log named the package)."""
     ase_reference, _ = _lammps_helpers()
     from test_native_lammps import PLUGIN, lammps_single_point
 
@@ -289,9 +292,10 @@ def test_pair_style_polyget_runs_the_package(exported, tmp_path):
     ckpt = pt.with_name("tiny.ckpt")
     atoms = _molecule_and_melt()[1]
     ref = ase_reference(ckpt, atoms)
-    res, out = lammps_single_point(tmp_path, atoms, jit, tag="plugin")
+    res, out = lammps_single_point(tmp_path, atoms, jit, tag="plugin", atom_map=atom_map)
     assert "model runs as AOTInductor %s" % pkgs[1] in out, out[-3000:]
     assert "ghosts fold" in out
+    assert ("created an atom map" in out) != atom_map
     assert res["energy"] == pytest.approx(ref["energy"], abs=1e-8)
     assert np.abs(res["forces"] - ref["forces"]).max() < 1e-9
     assert np.abs(res["atom_energies"] - ref["energies"]).max() < 1e-9

@@ -103,12 +103,12 @@ def write_data(atoms, path: Path, elements=TOY_ELEMENTS):
 
 
 def single_point_deck(model: Path, types, newton="on", processors="", extra="", pair_coeff=None,
-                      boundary="p p p"):
+                      boundary="p p p", atom_map=True):
     coeff = pair_coeff if pair_coeff is not None else "pair_coeff * * " + " ".join(types)
     return f"""
 units metal
 atom_style atomic
-atom_modify map yes
+{"atom_modify map yes" if atom_map else ""}
 newton {newton}
 boundary {boundary}
 {processors}
@@ -145,11 +145,13 @@ def parse_single_point(workdir: Path, out: str):
             "volume": vol}
 
 
-def lammps_single_point(tmp_path, atoms, model, nprocs=1, processors="", extra="", tag="sp"):
+def lammps_single_point(tmp_path, atoms, model, nprocs=1, processors="", extra="", tag="sp",
+                        atom_map=True):
     work = tmp_path / f"{tag}-np{nprocs}"
     work.mkdir()
     types = write_data(atoms, work / "data.lmp")
-    _, out = run_lammps(work, single_point_deck(model, types, processors=processors, extra=extra),
+    _, out = run_lammps(work, single_point_deck(model, types, processors=processors, extra=extra,
+                                                atom_map=atom_map),
                         nprocs=nprocs)
     return parse_single_point(work, out), out
 
