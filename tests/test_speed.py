@@ -185,11 +185,6 @@ def test_lean_energy_forces_equal_eager(chunks, fused):
     assert torch.count_nonzero(fij[ne:]) == 0
 
 
-def _forces_virial(ei, ev, fij, n):
-    f = torch.zeros(n, 3, dtype=fij.dtype).index_add(0, ei[0], fij).index_add(0, ei[1], -fij)
-    return f, ev.T @ fij
-
-
 @pytest.mark.parametrize("holes", [False, True])
 @pytest.mark.parametrize("chunks", [1, 3, 8])
 def test_lean_mirrored_equals_eager(chunks, holes):
@@ -198,7 +193,7 @@ def test_lean_mirrored_equals_eager(chunks, holes):
     the eager model's to 1e-10 (float64), also with edges whose reverse is missing (like edges
     to ghost atoms: ``holes``); the padding rows' gradients are zero. The per-edge gradients
     differ (a pair's filter gradient lands on its first edge), their sums over atoms do not."""
-    from polyget.compile import LeanEnergyForces, mirror_edges
+    from polyget.compile import LeanEnergyForces, _forces_virial, mirror_edges
 
     _need_ops(True)
     model = tiny_model(num_layers=3)
