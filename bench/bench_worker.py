@@ -6,9 +6,10 @@ own peak memory and thread settings. Protocol on stdin/stdout, one JSON object p
     -> {"cmd": "call"}        <- {"t": seconds of one energy+forces evaluation / MD step}
     -> {"cmd": "quit"}        <- {"maxrss_mb": peak resident memory of this process}
 
-The first line the worker writes is {"ready": true, "load_s": ..., "info": {...}} after loading
-and warming up (so the timed calls are steady state; the first-call cost is reported apart as
-"first_s", the time of the first call after loading).
+The first line the worker writes is {"ready": true, "load_s": ..., "info": {...}} after loading;
+then {"cmd": "first"} makes the first call (answer {"first_s": ...}: the first-call cost,
+reported apart; the master sends it once every worker has loaded, one worker at a time, so no
+other worker's loading runs beside it), and the timed calls that follow are steady state.
 
     python bench/bench_worker.py PATH --data FILE.data --threads N --dtype float32 [--model ...]
 
@@ -249,14 +250,15 @@ def main():
               "train_compiled": lambda a, at: make_train(a, at, "train_compiled")}
     call, info = makers[args.path](args, atoms)
     load_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    call()
-    first_s = time.perf_counter() - t1
-    print(json.dumps({"ready": True, "load_s": load_s, "first_s": first_s, "info": info,
-                      "natoms": len(atoms)}), flush=True)
+    print(json.dumps({"ready": True, "load_s": load_s, "info": info, "natoms": len(atoms)}),
+          flush=True)
     for line in sys.stdin:
         msg = json.loads(line)
-        if msg["cmd"] == "call":
+        if msg["cmd"] == "first":  # sent once every worker has loaded: nothing else runs then
+            t1 = time.perf_counter()
+            call()
+            print(json.dumps({"first_s": time.perf_counter() - t1}), flush=True)
+        elif msg["cmd"] == "call":
             t = time.perf_counter()
             e, _ = call()
             print(json.dumps({"t": time.perf_counter() - t, "e": e}), flush=True)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_bench.py [--sizes 360,3456,36000] [--dtypes float32,float64]
         [--threads 1,2] [--rounds 5] [--paths tmdnet,eager,ase,native,mliap,plugin]
-        [--train] [--out bench/results]
+        [--melt-rounds 3] [--train] [--out bench/results]
 
 Model: the paper size (128 features, 6 layers, 8 heads, 32 RBF, 5 A), random weights (seed 0),
 the same hyperparameters for TorchMD-Net 3.1's ET (``vector_cutoff`` on). Structures: the
@@ -15,7 +15,10 @@ interleave one call of every path, so that a busy machine slows all paths alike.
 energy + forces evaluation from positions (neighbour list included) or one LAMMPS MD step
 (`run 1`). Reported: median and min seconds per call, per atom-step, ratio to TorchMD-Net,
 load time, first-call time, peak resident memory per atom, and the machine load (1-minute
-load average and the CPU share this run got) before and after each configuration.
+load average and the CPU share this run got) before and after each configuration, and each
+round's core-to-core latency (bench/core_latency.c): the 2-vCPU VM switches between a near
+(~100 ns) and a far (~400 ns) placement of its two cores for tens of seconds at a time, and
+two-thread timings follow it, so per-round ratios to TorchMD-Net are also given per mode.
 
 Results: bench/results/bench_<UTC time>.json and .md (the table for bench/README.md).
 """
@@ -166,6 +169,15 @@ class Worker:
         self.errfile.seek(0)
         return self.errfile.read()[-3000:]
 
+    def first(self):
+        """The first call after loading (its time is reported apart as first_s)."""
+        self.proc.stdin.write('{"cmd": "first"}\n')
+        self.proc.stdin.flush()
+        line = self._readline()
+        if not line:
+            raise RuntimeError(f"{self.path} worker died in its first call:\n{self._err()}")
+        self.ready["first_s"] = json.loads(line)["first_s"]
+
     def call(self):
         self.proc.stdin.write('{"cmd": "call"}\n')
         self.proc.stdin.flush()
@@ -186,15 +198,68 @@ def _lmp_autoloads():
     return False
 
 
+# rounds whose core-to-core latency is above this are the machine's "far" mode (bench/README.md)
+FAR_NS = 250.0
+_LATENCY = []
+
+
+def core_latency_ns(n=20000):
+    """Core-to-core round trip of a cache line in ns (bench/core_latency.c, built once into
+    build/bench with the system C compiler), or None where it cannot be built. Labels each
+    round: on the 2-vCPU VM it switches between ~100 and ~400 ns and the two-thread timings
+    follow it."""
+    import ctypes
+
+    if not _LATENCY:
+        lib = BUILD / "core_latency.so"
+        src = ROOT / "bench" / "core_latency.c"
+        try:
+            if not lib.exists() or lib.stat().st_mtime < src.stat().st_mtime:
+                BUILD.mkdir(parents=True, exist_ok=True)
+                subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-pthread",
+                                "-o", str(lib), str(src)], check=True, capture_output=True)
+            f = ctypes.CDLL(str(lib)).polyget_core_latency_ns
+            f.restype, f.argtypes = ctypes.c_double, [ctypes.c_int]
+            _LATENCY.append(f)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            log(f"bench: core-to-core latency not measured ({exc})")
+            _LATENCY.append(None)
+    f = _LATENCY[0]
+    return None if f is None or (os.cpu_count() or 1) < 2 else f(n)
+
+
+def _mode_ratios(rec):
+    """Per-round ratios to TorchMD-Net, split by the round's core-to-core latency."""
+    lat = rec.get("core_latency_ns") or []
+    ref = rec["paths"].get("tmdnet", {}).get("times") or []
+    for d in rec["paths"].values():
+        ts = d.get("times") or []
+        if not ref or not ts or len(ts) != len(ref) or len(lat) != len(ts):
+            continue
+        for mode, keep in (("near", lambda x: x <= FAR_NS), ("far", lambda x: x > FAR_NS)):
+            rs = [t / r for t, r, x in zip(ts, ref, lat) if x is not None and keep(x)]
+            if rs:
+                d[f"vs_tmdnet_{mode}"] = statistics.median(rs)
+                d[f"rounds_{mode}"] = len(rs)
+
+
 def run_config(paths, n, data, dtype, threads, rounds, files):
     rec = {"natoms": n, "dtype": dtype, "threads": threads, "load_before": os.getloadavg()[0],
-           "paths": {}}
+           "paths": {}, "core_latency_ns": []}
     workers = {}
     # start every worker, then wait for each (loads overlap; calls never do)
     started = {p: Worker(p, data, threads, dtype, files) for p in paths}
+    loaded = {}
     for p in paths:
         try:
             started[p].wait_ready()
+            loaded[p] = started[p]
+        except Exception as exc:
+            rec["paths"][p] = {"error": str(exc)[-1500:]}
+            log(f"bench: {p} failed: {str(exc)[-400:]}")
+    for p in loaded:  # first calls one at a time, after every load
+        try:
+            started[p].first()
             workers[p] = started[p]
             rec["paths"][p] = {"load_s": workers[p].ready["load_s"],
                                "first_s": workers[p].ready["first_s"],
@@ -207,6 +272,7 @@ def run_config(paths, n, data, dtype, threads, rounds, files):
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0_wall, t0_cpu = time.time(), ru.ru_utime + ru.ru_stime
     for r in range(rounds):
+        rec["core_latency_ns"].append(core_latency_ns())
         for p, w in workers.items():
             try:
                 rec["paths"][p]["times"].append(w.call()["t"])
@@ -231,6 +297,7 @@ def run_config(paths, n, data, dtype, threads, rounds, files):
         for d in rec["paths"].values():
             if "median_s" in d:
                 d["vs_tmdnet"] = d["median_s"] / ref
+    _mode_ratios(rec)
     return rec
 
 
@@ -256,7 +323,17 @@ def table(results):
                 f"{d['min_s']:.3f} | {d['per_atom_step_us']:.0f} | "
                 f"{d.get('vs_tmdnet', float('nan')):.2f} | {d['first_s']:.2f} | {d['load_s']:.1f} | "
                 f"{d.get('rss_kb_per_atom', float('nan')):.0f} |")
-        lines.append(f"| | | | load avg {rec['load_before']:.1f} -> {rec['load_after']:.1f} |||||||||")
+        lat = [x for x in rec.get("core_latency_ns") or [] if x is not None]
+        modes = ""
+        if lat:
+            far = sum(x > FAR_NS for x in lat)
+            modes = (f"; core-to-core {min(lat):.0f}-{max(lat):.0f} ns, {len(lat) - far} near / "
+                     f"{far} far rounds")
+            split = [f"{p} {d[k]:.2f} ({m})" for p, d in rec["paths"].items() if p != "tmdnet"
+                     for m in ("near", "far") for k in [f"vs_tmdnet_{m}"] if k in d]
+            if split:
+                modes += "; x TorchMD-Net per round: " + ", ".join(split)
+        lines.append(f"| | | | load avg {rec['load_before']:.1f} -> {rec['load_after']:.1f}{modes} |||||||||")
     return "\n".join(lines)
 
 
@@ -267,6 +344,7 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--paths", default=",".join(ALL_PATHS))
+    ap.add_argument("--melt-rounds", type=int, default=3, help="rounds at 36,000 atoms (~30 s per call)")
     ap.add_argument("--train", action="store_true", help="also training throughput before/after")
     ap.add_argument("--no-aoti", action="store_true", help="export without the AOTInductor package")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -290,7 +368,7 @@ def main():
             for th in threads:
                 # the 36,000-atom melt: only the paths that fit (see bench/README.md)
                 ps = paths if n < 20000 else [p for p in paths if p in ("native", "plugin", "tmdnet")]
-                results.append(run_config(ps, n, data[n], dt, th, a.rounds if n < 20000 else 2, files))
+                results.append(run_config(ps, n, data[n], dt, th, a.rounds if n < 20000 else a.melt_rounds, files))
                 log(table([results[-1]]))
     train = []
     if a.train:

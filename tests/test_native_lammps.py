@@ -280,6 +280,20 @@ def test_plugin_load_command(tmp_path, toy):
     assert "Ignoring load" not in out and "RESULT" in out
 
 
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_plugin_puts_tensors_on_huge_pages(tmp_path, toy, monkeypatch, setting):
+    """Loading the plugin turns on libtorch's transparent-huge-page allocations
+    (THP_MEM_ALLOC_ENABLE=1, bench/README.md) unless the user set the variable."""
+    path, _ = toy
+    if setting is None:
+        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", setting)
+    _, out = lammps_single_point(tmp_path, ring_polymer(6), path,
+                                 extra='variable thp getenv THP_MEM_ALLOC_ENABLE\nprint "THP=${thp}"')
+    assert re.search(r"^THP=%s$" % ("1" if setting is None else setting), out, flags=re.M), out[-2000:]
+
+
 @pytest.mark.parametrize("nprocs", [1, 2])
 def test_per_atom_virial_sums_to_global(tmp_path, toy, nprocs):
     """compute stress/atom (the explicit per-pair virial path) sums to the global virial."""
