@@ -307,14 +307,21 @@ def cmd_analyse(args):
             r["nve_etot_fluct_meV_per_atom"] = float(nv[:, 4].std() / len(a0) * 1000)
         if args.gfn2_frames > 0 and frames:
             from polyget.data.labels import label, make_calculator
-            gfn2 = gfn2 or make_calculator("gfn2")
             ss = sorted(frames)
             pick = [ss[i] for i in np.linspace(1, len(ss) - 1, min(args.gfn2_frames, len(ss) - 1)).astype(int)]
+            # GFN2 forces of frames labelled before (the picks of a finished loop stay the same)
+            cache_file = d / "gfn2_forces.npz"
+            cache = dict(np.load(cache_file)) if cache_file.exists() else {}
             fp, fr = [], []
             for s in pick:
                 f = frames[s]
                 fp.append(f.get_forces().copy())
-                fr.append(label(ase.Atoms(sym, positions=f.positions), gfn2).get_forces())
+                key = f"step{s}"
+                if key not in cache:
+                    gfn2 = gfn2 or make_calculator("gfn2")
+                    cache[key] = label(ase.Atoms(sym, positions=f.positions), gfn2).get_forces()
+                    np.savez_compressed(cache_file, **cache)
+                fr.append(cache[key])
             fp, fr = np.concatenate(fp), np.concatenate(fr)
             cos = np.sum(fp * fr, 1) / (np.linalg.norm(fp, axis=1) * np.linalg.norm(fr, axis=1))
             r.update({"gfn2_frames": len(pick), "gfn2_frame_steps": [int(s) for s in pick],
