@@ -23,6 +23,15 @@ sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+def save_result(res: dict, out, prefix: str) -> Path:
+    """res as bench/results-style JSON: OUT/PREFIX_<UTC time>.json; returns the path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / time.strftime(prefix + "_%Y%m%dT%H%M%SZ.json", time.gmtime())
+    path.write_text(json.dumps(res, indent=1))
+    return path
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a")
@@ -60,10 +69,7 @@ def main(argv=None):
            "median_ratio": statistics.median(ratios),
            "median_s": {k: statistics.median(v) for k, v in times.items()},
            "load_before": load0, "load_after": os.getloadavg()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / time.strftime("abcore_%Y%m%dT%H%M%SZ.json", time.gmtime())
-    path.write_text(json.dumps(res, indent=1))
+    path = save_result(res, args.out, "abcore")
     print("a %.3f s, b %.3f s per call (medians); b / a per round: %s (median %.2f)"
           % (res["median_s"]["a"], res["median_s"]["b"], " ".join("%.2f" % r for r in ratios),
              res["median_ratio"]))

@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +60,7 @@ def main(argv=None):
     ap.add_argument("--calls", type=int, default=9)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
+    from ab_core import save_result
     from run_bench import FAR_NS, core_latency_ns
 
     code = CHILD.format(bench=str(ROOT / "bench"), python=str(ROOT / "python"),
@@ -95,10 +95,7 @@ def main(argv=None):
            "ratios": ratios, "median_ratio_same_mode": statistics.median(same) if same else None,
            "median_ratio": statistics.median(r["on_over_off"] for r in ratios),
            "load_before": load0, "load_after": os.getloadavg()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / time.strftime("abenv_%Y%m%dT%H%M%SZ.json", time.gmtime())
-    path.write_text(json.dumps(res, indent=1))
+    path = save_result(res, args.out, "abenv")
     print("on / off per pair: %s; median %.3f (pairs in one mode: %s)"
           % (" ".join("%.2f" % r["on_over_off"] for r in ratios), res["median_ratio"],
              "none" if not same else "%.3f of %d" % (res["median_ratio_same_mode"], len(same))))
