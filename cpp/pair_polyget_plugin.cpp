@@ -34,7 +34,7 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
 #if defined(__linux__)
   // Large tensors on transparent huge pages: libtorch's CPU allocator reads this variable at its
   // first allocation, which comes after this point (the model is loaded by pair_style). Fewer TLB
-  // misses on the model's edge buffers: 0.94-0.95x the time per call at 360 atoms, 1 and 2 threads
+  // misses on the model's edge buffers: 0.967x the time per call, paper size, 360 atoms, 1 thread
   // (bench/README.md). A value the user set (THP_MEM_ALLOC_ENABLE=0) is kept.
   setenv("THP_MEM_ALLOC_ENABLE", "1", 0);
 #endif
