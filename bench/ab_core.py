@@ -7,6 +7,14 @@ TorchScript file).
     .venv/bin/python bench/ab_core.py A.jit.pt B.jit.pt [--size 360] [--threads 2] [--rounds 11]
         [--out bench/results]
 
+Or one model under two values of an environment variable read at every call (e.g. the fused
+operators' POLYGET_OPS_SPLIT), set before each call of the same process:
+
+    .venv/bin/python bench/ab_core.py M.jit.pt --env POLYGET_OPS_SPLIT=edges,atoms
+
+Each round is labelled with the core-to-core latency measured before it (run_bench.py
+core_latency_ns: the 2-vCPU VM's near and far modes) and ratios are given per mode.
+
 Writes bench/results/abcore_<UTC>.json. Time it on a quiet machine.
 """
 
@@ -35,7 +43,8 @@ def save_result(res: dict, out, prefix: str) -> Path:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a")
-    ap.add_argument("b")
+    ap.add_argument("b", nargs="?", help="second model (default: a again, with --env)")
+    ap.add_argument("--env", help="VAR=A_VALUE,B_VALUE: set before each call of a / b")
     ap.add_argument("--size", type=int, default=360)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=11)
@@ -51,19 +60,47 @@ def main(argv=None):
     keep_freed_memory()
     species, edge_index, edge_vec, _ = graph(args.size)
     edge_vec = edge_vec.double()
-    models = {"a": NativeModel(args.a), "b": NativeModel(args.b)}
-    for m in models.values():
-        m.compute(species, edge_index, edge_vec)
-        m.compute(species, edge_index, edge_vec)
+    from run_bench import FAR_NS, core_latency_ns
+
+    if args.b is None and not args.env:
+        ap.error("give a second model, or --env VAR=A,B")
+    env = {}
+    if args.env:
+        var, _, vals = args.env.partition("=")
+        va, _, vb = vals.partition(",")
+        env = {"a": (var, va), "b": (var, vb)}
+    a = NativeModel(args.a)
+    models = {"a": a, "b": NativeModel(args.b) if args.b else a}
+
+    def call(k):
+        if env:
+            os.environ[env[k][0]] = env[k][1]
+        t0 = time.perf_counter()
+        models[k].compute(species, edge_index, edge_vec)
+        return time.perf_counter() - t0
+
+    for k in models:
+        call(k)
+        call(k)
     times = {k: [] for k in models}
+    lat = []
     load0 = os.getloadavg()
     for _ in range(args.rounds):
-        for k, m in models.items():
-            t0 = time.perf_counter()
-            m.compute(species, edge_index, edge_vec)
-            times[k].append(time.perf_counter() - t0)
+        lat.append(core_latency_ns())
+        for k in models:
+            times[k].append(call(k))
     ratios = [b / a for a, b in zip(times["a"], times["b"])]
-    res = {"a": args.a, "b": args.b, "status": {k: m.aoti_status for k, m in models.items()},
+    by_mode = {}
+    for mode, keep in (("near", lambda x: x <= FAR_NS), ("far", lambda x: x > FAR_NS)):
+        rs = [r for r, x in zip(ratios, lat) if x is not None and keep(x)]
+        if rs:
+            by_mode[mode] = {"rounds": len(rs), "median_ratio": statistics.median(rs),
+                             "median_s": {k: statistics.median(
+                                 [t for t, x in zip(times[k], lat) if x is not None and keep(x)])
+                                 for k in times}}
+    res = {"a": args.a, "b": args.b or args.a, "env": args.env,
+           "status": {k: m.aoti_status for k, m in models.items()},
+           "core_latency_ns": lat, "by_mode": by_mode,
            "atoms": int(len(species)), "edges": int(edge_index.shape[1]),
            "threads": args.threads, "times_s": times, "ratio_b_over_a": ratios,
            "median_ratio": statistics.median(ratios),
@@ -73,6 +110,9 @@ def main(argv=None):
     print("a %.3f s, b %.3f s per call (medians); b / a per round: %s (median %.2f)"
           % (res["median_s"]["a"], res["median_s"]["b"], " ".join("%.2f" % r for r in ratios),
              res["median_ratio"]))
+    for mode, d in by_mode.items():
+        print("%s mode (%d rounds): a %.3f s, b %.3f s, b / a %.2f" % (
+            mode, d["rounds"], d["median_s"]["a"], d["median_s"]["b"], d["median_ratio"]))
     print("wrote", path)
 
 

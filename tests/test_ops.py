@@ -28,14 +28,17 @@ def _inputs(n, e, f, dtype=torch.float64, seed=1):
     return q, k, v, vec, ei, c, cu, filt
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads,split", [(1, "atoms"), (2, "atoms"), (3, "atoms"),
+                                           (2, "edges")])
 @pytest.mark.parametrize("vec_is_zero", [False, True])
 @pytest.mark.parametrize("f,heads", [(32, 4), (24, 4), (16, 1)])
-def test_et_messages_equal_eager_layer(threads, vec_is_zero, f, heads):
+def test_et_messages_equal_eager_layer(threads, split, vec_is_zero, f, heads, monkeypatch):
     """Forward sums and every input gradient of polyget::et_messages[_backward] against
     EquivariantAttention.messages and autograd (float64, 1e-10), heads of 8, 6 and 16 channels
-    (vectorised loops with and without remainders), edges in any order; the operators take v
-    and the dv filters in component-major column order."""
+    (vectorised loops with and without remainders), edges in any order (so most neighbours j
+    belong to another thread's atoms), threads splitting atoms or edges (POLYGET_OPS_SPLIT);
+    the operators take v and the dv filters in component-major column order."""
+    monkeypatch.setenv("POLYGET_OPS_SPLIT", split)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

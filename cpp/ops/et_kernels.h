@@ -19,6 +19,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace polyget {
 namespace et {
@@ -37,7 +38,18 @@ struct Args {
   int64_t half = 0;
   const T *gxa = nullptr, *gva = nullptr;    // backward: gradients of x_agg, vec_agg
   T *gc = nullptr, *gcu = nullptr, *gfilt = nullptr;  // backward: per-edge outputs
+  // atoms owned by the calling thread: edges whose centre i is outside [lo, hi) are skipped
+  // (each thread takes the edges of its own atoms and writes its own rows of the outputs)
+  int64_t lo = 0, hi = INT64_MAX;
+  // backward with owned atoms: the j-side gradients (gk, gv, gvec) of atoms outside [lo, hi)
+  // go to the thread's block far ([gk N*F | gv N*3F | gvec N*3F], far_block), whose rows are
+  // zeroed when first written and marked in touched [N]; null: everything goes to node
+  T* far = nullptr;
+  unsigned char* touched = nullptr;
 };
+
+// the backward pass's block of j-side gradients of atoms another thread owns (Args::far)
+inline int64_t far_block(int64_t n, int64_t f) { return 7 * n * f; }
 
 constexpr int64_t kMaxChannels = 1024;  // F (hidden channels) at most
 

@@ -45,8 +45,10 @@ void forward_range(const Args<T>& A, int64_t e0, int64_t e1, T* __restrict xa, T
   const T* __restrict vec = A.vec;
   const T* __restrict filt = A.filt;
   T att[kMaxChannels], tmp[kMaxChannels];
+  const int64_t lo = A.lo, hi = A.hi;
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t i = A.i[e], j = A.j[e];
+    if (i < lo || i >= hi) continue;  // another thread's atom
     const T* __restrict qi = q + i * F;
     const T* __restrict kj = k + j * F;
     const T* __restrict vx = v + j * 3 * F;  // [x | v1 | v2], F channels each
@@ -105,8 +107,10 @@ void backward_range(const Args<T>& A, int64_t e0, int64_t e1, int64_t n, T* __re
   T att[kMaxChannels], gsc[kMaxChannels], tga[kMaxChannels], tmp[kMaxChannels];
   T P0[kMaxChannels], P1[kMaxChannels], P2[kMaxChannels], PC[kMaxChannels];
   T silu[kMaxChannels], sgm[kMaxChannels], sv[kMaxChannels];
+  const int64_t lo = A.lo, hi = A.hi;
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t i = A.i[e], j = A.j[e];
+    if (i < lo || i >= hi) continue;  // another thread's atom
     const T* __restrict qi = q + i * F;
     const T* __restrict kj = k + j * F;
     const T* __restrict vx = v + j * 3 * F;
@@ -119,8 +123,26 @@ void backward_range(const Args<T>& A, int64_t e0, int64_t e1, int64_t n, T* __re
     const T* __restrict g1 = g0 + F;
     const T* __restrict g2 = g0 + 2 * F;
     T* __restrict gqi = gq + i * F;
-    T* __restrict gkj = gk + j * F;
-    T* __restrict gvx = gv + j * 3 * F;
+    // j-side gradients: into the outputs for own atoms, else into this thread's far block
+    T* gkj_ = gk + j * F;
+    T* gvx_ = gv + j * 3 * F;
+    T* gw_ = gvec + j * 3 * F;
+    if (A.far && (j < lo || j >= hi)) {
+      T* fk = A.far;
+      T* fv = fk + n * F;
+      T* fw = fk + 4 * n * F;
+      if (!A.touched[j]) {
+        A.touched[j] = 1;
+        std::memset(fk + j * F, 0, sizeof(T) * F);
+        std::memset(fv + j * 3 * F, 0, sizeof(T) * 3 * F);
+        std::memset(fw + j * 3 * F, 0, sizeof(T) * 3 * F);
+      }
+      gkj_ = fk + j * F;
+      gvx_ = fv + j * 3 * F;
+      gw_ = fw + j * 3 * F;
+    }
+    T* __restrict gkj = gkj_;
+    T* __restrict gvx = gvx_;
     const T ce = A.c[e], c0 = A.cu[3 * e], c1 = A.cu[3 * e + 1], c2 = A.cu[3 * e + 2];
     // attention weights per head, spread over their channels
     POLYGET_IVDEP
@@ -159,7 +181,7 @@ void backward_range(const Args<T>& A, int64_t e0, int64_t e1, int64_t n, T* __re
     // vector messages, the vec_j (v1 dv1 c) term
     if (HasVec) {
       const T* __restrict w = vec + j * 3 * F;
-      T* __restrict gw = gvec + j * 3 * F;
+      T* __restrict gw = gw_;
       POLYGET_IVDEP
       for (int64_t c = 0; c < F; ++c) {
         const T x = vx[F + c], f = dx[F + c];

@@ -117,6 +117,33 @@ int64_t threads_for(int64_t e) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), e / 64));
 }
 
+// How the threads share the work. "atoms" (default): each thread owns a range of atoms, takes
+// the edges whose centre i is in it and writes only its own rows of the outputs, so no thread
+// writes a cache line another reads, except the backward pass's gradients of neighbours j
+// owned by another thread (few when atoms are numbered along the chain or sorted in space, as
+// LAMMPS does), which go to small private blocks. "edges" (POLYGET_OPS_SPLIT=edges): contiguous
+// blocks of edges, every thread adding into a private copy of all outputs, summed afterwards;
+// on a machine whose two cores are far apart (bench/README.md, "The machine's two modes") the
+// copies and sums cost more than the work. Read at every call (A/B timings in one process).
+bool split_by_atoms() {
+  const char* env = std::getenv("POLYGET_OPS_SPLIT");
+  return !(env && std::string(env) == "edges");
+}
+
+// atom ranges [b[t], b[t + 1]) of nt threads with about equal numbers of edges (by centre i)
+std::vector<int64_t> atom_bounds(const int64_t* i, int64_t e, int64_t n, int64_t nt) {
+  std::vector<int64_t> count(static_cast<size_t>(n) + 1, 0);
+  for (int64_t x = 0; x < e; ++x) ++count[i[x] + 1];
+  std::vector<int64_t> b(static_cast<size_t>(nt) + 1, n);
+  b[0] = 0;
+  int64_t seen = 0, t = 1;
+  for (int64_t a = 0; a < n && t < nt; ++a) {
+    seen += count[a + 1];
+    while (t < nt && seen * nt >= t * e) b[t++] = a + 1;
+  }
+  return b;
+}
+
 std::tuple<Tensor, Tensor> et_messages_cpu(const Tensor& q_, const Tensor& k_, const Tensor& v_,
                                            const Tensor& vec_, const Tensor& i_,
                                            const Tensor& j_, const Tensor& c_, const Tensor& cu_,
@@ -138,6 +165,20 @@ std::tuple<Tensor, Tensor> et_messages_cpu(const Tensor& q_, const Tensor& k_, c
       std::memset(xo, 0, sizeof(scalar_t) * n * f);
       std::memset(vo, 0, sizeof(scalar_t) * 3 * n * f);
       run_forward(a, 0, e, xo, vo);
+      return;
+    }
+    if (split_by_atoms()) {
+      const std::vector<int64_t> bounds = atom_bounds(a.i, e, n, nt);
+      at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          auto b = a;
+          b.lo = bounds[t];
+          b.hi = bounds[t + 1];
+          std::memset(xo + b.lo * f, 0, sizeof(scalar_t) * (b.hi - b.lo) * f);
+          std::memset(vo + 3 * b.lo * f, 0, sizeof(scalar_t) * 3 * (b.hi - b.lo) * f);
+          run_forward(b, 0, e, xo, vo);
+        }
+      });
       return;
     }
     // thread 0 adds into the outputs, the others into private blocks summed afterwards
@@ -206,6 +247,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> et_messages_b
       run_backward(a, 0, e, n, out);
       return;
     }
+    if (split_by_atoms()) {
+      const std::vector<int64_t> bounds = atom_bounds(a.i, e, n, nt);
+      const int64_t fb = polyget::et::far_block(n, f);
+      scalar_t* far = scratch<scalar_t>(nt * fb);
+      unsigned char* touched = scratch<unsigned char>(nt * n);
+      // rows of the node block [gq | gk | gv | gvec]: (offset, channels per atom)
+      const int64_t part_off[4] = {0, n * f, 2 * n * f, 5 * n * f};
+      const int64_t part_ch[4] = {f, f, 3 * f, 3 * f};
+      at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          auto b = a;
+          b.lo = bounds[t];
+          b.hi = bounds[t + 1];
+          b.far = far + t * fb;
+          b.touched = touched + t * n;
+          std::memset(b.touched, 0, static_cast<size_t>(n));
+          for (int p = 0; p < 4; ++p)
+            std::memset(out + part_off[p] + b.lo * part_ch[p], 0,
+                        sizeof(scalar_t) * (b.hi - b.lo) * part_ch[p]);
+          run_backward(b, 0, e, n, out);
+        }
+      });
+      // each owner adds the other threads' gradients of its atoms (j-side parts: gk, gv, gvec)
+      at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          for (int64_t u = 0; u < nt; ++u) {
+            if (u == t) continue;
+            const scalar_t* fu = far + u * fb;
+            const unsigned char* tu = touched + u * n;
+            for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r) {
+              if (!tu[r]) continue;
+              for (int p = 1; p < 4; ++p) {
+                const int64_t ch = part_ch[p];
+                scalar_t* dst = out + part_off[p] + r * ch;
+                const scalar_t* src = fu + (part_off[p] - n * f) + r * ch;
+                for (int64_t x = 0; x < ch; ++x) dst[x] += src[x];
+              }
+            }
+          }
+        }
+      });
+    } else {
     // thread 0 adds into the output block, the others into private blocks summed afterwards
     scalar_t* pp = scratch<scalar_t>((nt - 1) * blk);
     std::vector<char> used(nt, 0);
@@ -225,6 +308,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> et_messages_b
         for (int64_t x = x0; x < x1; ++x) out[x] += bt[x];
       }
     });
+    }
   });
   Tensor gq = tot.narrow(0, 0, n * f).view({n, f});
   Tensor gk = tot.narrow(0, n * f, n * f).view({n, f});
