@@ -362,7 +362,23 @@ def main():
     data = structures(sizes)
     files = model_files(dtypes, aoti=not a.no_aoti, threads=threads)
     results = []
+    train = []
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(complete):
+        # after every configuration, so that a run stopped early keeps what it measured
+        info = {"started": started, "host": platform.node(),
+                "cpu": platform.processor() or platform.machine(), "ncpu": os.cpu_count(),
+                "python": sys.version.split()[0], "model": PAPER, "argv": sys.argv[1:],
+                "complete": complete, "results": results, "train": train}
+        (out / f"bench_{started}.json").write_text(json.dumps(info, indent=1))
+        md = table(results) + ("\n\nTraining (one 360-atom structure per step, float32):\n\n"
+                               + table(train) if train else "")
+        (out / f"bench_{started}.md").write_text(md + "\n")
+        return md
+
     for n in sizes:
         for dt in dtypes:
             for th in threads:
@@ -370,21 +386,14 @@ def main():
                 ps = paths if n < 20000 else [p for p in paths if p in ("native", "plugin", "tmdnet")]
                 results.append(run_config(ps, n, data[n], dt, th, a.rounds if n < 20000 else a.melt_rounds, files))
                 log(table([results[-1]]))
-    train = []
+                save(False)
     if a.train:
         for th in threads:
             train.append(train_throughput(data[360] if 360 in data else structures([360])[360],
                                           "float32", th, a.rounds, files))
             log(table([train[-1]]))
-    info = {"started": started, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "ncpu": os.cpu_count(), "python": sys.version.split()[0], "model": PAPER,
-            "argv": sys.argv[1:], "results": results, "train": train}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"bench_{started}.json").write_text(json.dumps(info, indent=1))
-    md = table(results) + ("\n\nTraining (one 360-atom structure per step, float32):\n\n" + table(train) if train else "")
-    (out / f"bench_{started}.md").write_text(md + "\n")
-    print(md)
+            save(False)
+    print(save(True))
 
 
 if __name__ == "__main__":
